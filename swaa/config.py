@@ -1,0 +1,156 @@
+"""SWAAConfig: the four SWAA knobs (window, sink, fa_decode, full_layers), validated at construction.
+
+Semantics are DESIGN.md section 2. `layer_kinds(depth)` expands the config into one kind per layer, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+LayerKind = Literal["full", "swa", "swa_fa_decode"]
+_PATTERN = re.compile(r"^every:(\d+):from:(\d+)$")
+PATTERN_HELP = "'odd', 'even', 'every:K:from:J' (K >= 1, J >= 0), or a list of 0-based layer indices"
+
+
+def _check_index_list(field: str, value: Any) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"SWAAConfig.{field}={value!r}: expected a list of int layer indices")
+    bad = [v for v in value if v < 0]
+    if bad:
+        raise ValueError(f"SWAAConfig.{field}={value!r}: layer indices must be >= 0, got {bad}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"SWAAConfig.{field}={value!r}: duplicate layer indices")
+    return sorted(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SWAAConfig:
+    """Sliding-window attention adaptation settings; `window=None` means plain full attention."""
+
+    window: int | None = None
+    """W: keys visible to a query in SWA layers, the query itself included (flash-attn window_size=(W-1, 0))."""
+    sink: int = 0
+    """S: the first S real tokens of each sequence stay visible in SWA layers."""
+    fa_decode: bool | list[int] = False
+    """Answer rows (generated tokens) use full attention: in all SWA layers (True) or only in these layers."""
+    full_layers: list[int] | str = dataclasses.field(default_factory=list)
+    """Layers that keep full attention everywhere: a list of indices or a pattern (see PATTERN_HELP)."""
+
+    def __post_init__(self) -> None:
+        w = self.window
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+            raise ValueError(f"SWAAConfig.window={w!r}: expected None (full attention) or an int >= 1")
+        if not isinstance(self.sink, int) or isinstance(self.sink, bool) or self.sink < 0:
+            raise ValueError(f"SWAAConfig.sink={self.sink!r}: expected an int >= 0")
+        if w is None and self.sink:
+            raise ValueError(f"SWAAConfig.sink={self.sink}: sink tokens need a window; set window or sink=0")
+        if not isinstance(self.fa_decode, bool):
+            object.__setattr__(self, "fa_decode", _check_index_list("fa_decode", self.fa_decode))
+        if isinstance(self.full_layers, str):
+            if self.full_layers not in ("odd", "even") and not _PATTERN.match(self.full_layers):
+                raise ValueError(f"SWAAConfig.full_layers={self.full_layers!r}: expected {PATTERN_HELP}")
+            m = _PATTERN.match(self.full_layers)
+            if m and int(m.group(1)) < 1:
+                raise ValueError(f"SWAAConfig.full_layers={self.full_layers!r}: K in every:K:from:J must be >= 1")
+        else:
+            object.__setattr__(self, "full_layers", _check_index_list("full_layers", self.full_layers))
+
+    @property
+    def enabled(self) -> bool:
+        return self.window is not None
+
+    def full_layer_indices(self, depth: int) -> list[int]:
+        """Expand `full_layers` for a model with `depth` layers; an index >= depth is an error."""
+        spec = self.full_layers
+        if spec == "odd":
+            return list(range(1, depth, 2))
+        if spec == "even":
+            return list(range(0, depth, 2))
+        if isinstance(spec, str):
+            k, j = map(int, _PATTERN.match(spec).groups())
+            return list(range(j, depth, k))
+        _check_depth("full_layers", spec, depth)
+        return list(spec)
+
+    def layer_kinds(self, depth: int) -> list[LayerKind]:
+        """One kind per layer: 'full', 'swa' (SWA everywhere) or 'swa_fa_decode' (answer rows full)."""
+        if not self.enabled:
+            return ["full"] * depth
+        full = set(self.full_layer_indices(depth))
+        if isinstance(self.fa_decode, bool):
+            fad = set(range(depth)) if self.fa_decode else set()
+        else:
+            _check_depth("fa_decode", self.fa_decode, depth)
+            fad = set(self.fa_decode)
+        return ["full" if i in full else "swa_fa_decode" if i in fad else "swa" for i in range(depth)]
+
+    @property
+    def tag(self) -> str:
+        """Short readable name, e.g. 'fa', 'w512', 'w512-s64-fad-full:odd'."""
+        if not self.enabled:
+            return "fa"
+        parts = [f"w{self.window}"]
+        if self.sink:
+            parts.append(f"s{self.sink}")
+        if self.fa_decode is True:
+            parts.append("fad")
+        elif self.fa_decode:
+            parts.append("fad:" + ",".join(map(str, self.fa_decode)))
+        if self.full_layers:
+            spec = self.full_layers
+            parts.append("full:" + (spec if isinstance(spec, str) else ",".join(map(str, spec))))
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SWAAConfig:
+        """Build from a mapping; unknown keys are an error that names them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"SWAA config must be a mapping of {sorted(_FIELDS)}, got {data!r}")
+        unknown = sorted(set(data) - _FIELDS)
+        if unknown:
+            raise ValueError(f"unknown SWAA config key(s) {unknown}; allowed: {sorted(_FIELDS)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SWAAConfig:
+        return cls.from_dict(json.loads(text))
+
+
+_FIELDS = {f.name for f in dataclasses.fields(SWAAConfig)}
+
+
+def _check_depth(field: str, indices: list[int], depth: int) -> None:
+    bad = [i for i in indices if i >= depth]
+    if bad:
+        raise ValueError(f"SWAAConfig.{field}: layer indices {bad} out of range for a model with {depth} layers "
+                         f"(allowed 0..{depth - 1})")
+
+
+def load_presets(path: str | Path) -> dict[str, SWAAConfig]:
+    """Read a YAML file mapping preset names to SWAA configs (`configs/swaa/presets.yaml`)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read SWAA presets file {path}: {e}") from e
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a non-empty mapping of preset name -> SWAA config")
+    presets = {}
+    for name, cfg in data.items():
+        try:
+            presets[str(name)] = SWAAConfig.from_dict(cfg or {})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: preset {name!r}: {e}") from e
+    return presets

