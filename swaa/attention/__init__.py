@@ -1,0 +1,7 @@
+"""SWAA attention backends, one function each with transformers' attention signature."""
+
+from swaa.attention.flash import flash_attention_fn
+from swaa.attention.flex import flex_attention_fn
+from swaa.attention.reference import reference_attention
+
+BACKENDS = {"reference": reference_attention, "flex": flex_attention_fn, "flash": flash_attention_fn}

@@ -1,0 +1,119 @@
+"""Every backend against a float64 attention built from swaa.masks, on random shapes, paddings and configs."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from swaa.attention import BACKENDS
+from swaa.attention.inputs import LayerInputs
+from swaa.masks import dense_mask
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+
+
+def attention64(q, k, v, mask, scale):
+    """Float64 softmax attention with GQA; rows that see nothing give 0. q (B,Hq,Lq,D) -> (B,Lq,Hq,D)."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
+    scores = (q.double() @ k.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2)
+
+
+def random_case(rng: random.Random, device, dtype, lq=None, lk=None):
+    """Random batch: left padding, per-row prompt lengths, q_len <= k_len (decode steps), GQA."""
+    b, hkv, g, d = rng.randint(1, 3), rng.choice([1, 2]), rng.choice([1, 2, 3]), rng.choice([16, 32])
+    lk = lk or rng.choice([1, 5, 37, 64, 130, 200])
+    lq = lq or rng.choice([lk, lk, 1, min(lk, 3), min(lk, 17)])
+    pads = [rng.randint(0, max(0, lk - lq)) if rng.random() < 0.7 else 0 for _ in range(b)]
+    valid = torch.ones(b, lk, dtype=torch.bool)
+    for row, pad in enumerate(pads):
+        valid[row, :pad] = False
+    k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)
+    q_pos = k_pos[:, lk - lq:]
+    n_real = valid.sum(1)
+    prompt_len = torch.tensor([rng.randint(0, int(n)) for n in n_real])
+    window = rng.choice([1, 2, 7, 16, 100, 1000])
+    sink = rng.choice([0, 0, 1, 3, 16, 300])
+    kind = rng.choice(["full", "swa", "swa_fa_decode"])
+    gen = torch.Generator().manual_seed(rng.randint(0, 2**31))
+    q = torch.randn(b, hkv * g, lq, d, generator=gen)
+    k, v = torch.randn(b, hkv, lk, d, generator=gen), torch.randn(b, hkv, lk, d, generator=gen)
+    x = LayerInputs(q_pos.to(device), k_pos.to(device), prompt_len.to(device), window, sink, kind, ("all",), {})
+    return [t.to(device, dtype) for t in (q, k, v)], x
+
+
+def call_backend(name, q, k, v, x):
+    module = torch.nn.Module()
+    module.swaa_layer = SimpleNamespace(runtime=SimpleNamespace(layer_inputs=lambda i, q_, k_: x), layer_idx=0)
+    return BACKENDS[name](module, q, k, v, None, scaling=q.shape[-1] ** -0.5)[0]
+
+
+def check(name, device, dtype, seed, **shape):
+    rng = random.Random(seed)
+    (q, k, v), x = random_case(rng, device, dtype, **shape)
+    mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
+    scale = q.shape[-1] ** -0.5
+    want = attention64(q, k, v, mask, scale)
+    got = call_backend(name, q, k, v, x).double()
+    rows = (x.q_pos >= 0)[..., None, None]  # padding query rows are unspecified
+    err = ((got - want).abs() * rows).max().item()
+    if dtype == torch.float32:
+        assert err < 1e-4, (name, seed, err)
+    else:  # at most twice the error of the same computation done by SDPA in low precision, plus a floor
+        low = attention64(q.double(), k.double(), v.double(), mask, scale).to(dtype)
+        base = ((low.double() - want).abs() * rows).max().item()
+        assert err <= 2 * base + 2e-2, (name, seed, err, base)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("name", ["reference", "flex"])
+def test_backend_matches_float64_cpu(name, seed):
+    check(name, "cpu", torch.float32, seed)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["reference", "flex", "flash"])
+def test_backend_matches_float64_cuda(name, dtype, seed):
+    check(name, "cuda", dtype, seed)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("name", ["flex", "flash"])
+def test_long_sequences_cuda(name, seed):
+    check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
+
+
+@pytest.mark.parametrize("name", ["reference", "flex"])
+def test_gradients_match_float64(name):
+    """Gradients of q, k, v against float64 autograd (flex on CPU routes backward to reference)."""
+    device = "cuda" if CUDA else "cpu"
+    for seed in range(6):
+        rng = random.Random(100 + seed)
+        (q, k, v), x = random_case(rng, device, torch.float32)
+        mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
+        rows = (x.q_pos >= 0)[..., None, None].double()
+        grads = []
+        for low_precision in (True, False):
+            leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+            if low_precision:
+                out = call_backend(name, *[t.float() for t in leaves], x)
+            else:
+                out = attention64(*leaves, mask, q.shape[-1] ** -0.5)
+            (out.double() * rows).square().sum().backward()
+            grads.append([t.grad for t in leaves])
+        for g_got, g_want in zip(*grads):
+            assert torch.allclose(g_got, g_want, atol=1e-4), (seed, (g_got - g_want).abs().max())
+
+
+def test_flash_refuses_cpu():
+    rng = random.Random(0)
+    (q, k, v), x = random_case(rng, "cpu", torch.float32)
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        call_backend("flash", q, k, v, x)

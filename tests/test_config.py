@@ -1,0 +1,64 @@
+import pytest
+
+from swaa import SWAAConfig, load_presets
+
+
+def test_layer_kinds_and_patterns():
+    cfg = SWAAConfig(window=4, sink=2, fa_decode=[0, 2], full_layers="odd")
+    assert cfg.layer_kinds(4) == ["swa_fa_decode", "full", "swa_fa_decode", "full"]
+    assert SWAAConfig(window=4, full_layers="even").full_layer_indices(5) == [0, 2, 4]
+    assert SWAAConfig(window=4, full_layers="every:4:from:1").full_layer_indices(10) == [1, 5, 9]
+    assert SWAAConfig(window=4, fa_decode=True).layer_kinds(2) == ["swa_fa_decode"] * 2
+    assert SWAAConfig().layer_kinds(3) == ["full"] * 3
+
+
+def test_round_trip_and_tag():
+    cfg = SWAAConfig(window=512, sink=64, fa_decode=True, full_layers=[3, 1])
+    assert cfg.full_layers == [1, 3]
+    assert SWAAConfig.from_json(cfg.to_json()) == cfg
+    assert SWAAConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.tag == "w512-s64-fad-full:1,3"
+    assert SWAAConfig().tag == "fa"
+    assert SWAAConfig(window=8, fa_decode=[1, 2], full_layers="odd").tag == "w8-fad:1,2-full:odd"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"window": 0}, ["window=0", ">= 1"]),
+    ({"window": 2.5}, ["window=2.5"]),
+    ({"window": 8, "sink": -1}, ["sink=-1", ">= 0"]),
+    ({"sink": 4}, ["sink=4", "window"]),
+    ({"window": 8, "full_layers": "third"}, ["full_layers='third'", "every:K:from:J"]),
+    ({"window": 8, "full_layers": "every:0:from:1"}, ["K", ">= 1"]),
+    ({"window": 8, "full_layers": [1, 1]}, ["duplicate"]),
+    ({"window": 8, "fa_decode": [-1]}, ["fa_decode", ">= 0"]),
+    ({"window": 8, "fa_decode": "yes"}, ["fa_decode"]),
+])
+def test_invalid_values_name_field_and_value(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        SWAAConfig(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_layer_index_beyond_depth():
+    with pytest.raises(ValueError, match=r"\[7\] out of range .* 4 layers \(allowed 0..3\)"):
+        SWAAConfig(window=8, full_layers=[1, 7]).layer_kinds(4)
+    with pytest.raises(ValueError, match="fa_decode"):
+        SWAAConfig(window=8, fa_decode=[4]).layer_kinds(4)
+
+
+def test_unknown_key():
+    with pytest.raises(ValueError, match=r"unknown SWAA config key\(s\) \['windw'\]"):
+        SWAAConfig.from_dict({"windw": 3})
+
+
+def test_shipped_presets_parse(tmp_path):
+    presets = load_presets("configs/swaa/presets.yaml")
+    assert presets["fa"] == SWAAConfig()
+    assert presets["sink_fa_decode_interleave_half"].tag == "w512-s64-fad-full:odd"
+    bad = tmp_path / "p.yaml"
+    bad.write_text("x: {window: -2}\n")
+    with pytest.raises(ValueError, match="preset 'x'.*window=-2"):
+        load_presets(bad)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_presets(tmp_path / "missing.yaml")

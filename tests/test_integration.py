@@ -1,0 +1,193 @@
+"""apply_swaa on tiny random Llama/Qwen3 models: training = inference semantics, generation, cache, round trips."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from conftest import tiny_model
+from swaa import SWAAConfig, apply_swaa, prompt_lengths, remove_swaa, swaa_disabled
+from swaa.cache import SinkWindowLayer
+
+torch.set_grad_enabled(False)
+CFG = SWAAConfig(window=6, sink=2, fa_decode=[0, 2], full_layers=[1])
+
+
+def batch(lengths=(23, 30), vocab=128, seed=0):
+    """Left-padded random prompts of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    n = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), n), generator=g)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, n - length:] = 1
+        ids[row, : n - length] = 0
+    return ids, mask
+
+
+def greedy(model, ids, mask, new=8, **kwargs):
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                         do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0, **kwargs)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_window_none_and_disabled_identical_to_unpatched(family):
+    model = tiny_model(family)
+    ids, mask = batch()
+    want = model(ids, attention_mask=mask).logits
+    apply_swaa(model, SWAAConfig(), backend="reference")
+    assert torch.equal(model(ids, attention_mask=mask).logits, want)
+    apply_swaa(model, CFG, backend="reference")
+    assert not torch.allclose(model(ids, attention_mask=mask).logits, want)
+    with swaa_disabled(model):
+        assert torch.equal(model(ids, attention_mask=mask).logits, want)
+    remove_swaa(model)
+    assert torch.equal(model(ids, attention_mask=mask).logits, want)
+    assert "swaa" not in model.config.to_dict()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("backend", ["reference", "flex"])
+def test_teacher_forcing_equals_generation(family, backend):
+    """Loss-time forward (answer rows from labels) gives the logits generate saw: SWA prefill, FA decode."""
+    model = tiny_model(family)
+    apply_swaa(model, CFG, backend=backend)
+    ids, mask = batch()
+    seq, step_logits = greedy(model, ids, mask)
+    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1]:])], 1)
+    labels = torch.full_like(seq, -100)
+    labels[:, ids.shape[1]:] = seq[:, ids.shape[1]:]
+    out = model(seq, attention_mask=full_mask, labels=labels)
+    forced = out.logits[:, ids.shape[1] - 1:-1]
+    assert torch.allclose(forced, step_logits, atol=1e-4), (forced - step_logits).abs().max()
+    assert torch.isfinite(out.loss)
+
+
+def test_answer_rows_use_full_attention_and_prompt_rows_swa():
+    model = tiny_model("llama")
+    ids, mask = batch((30, 30))
+    labels = torch.full_like(ids, -100)
+    labels[:, 20:] = ids[:, 20:]
+    with_labels = apply_swaa(model, SWAAConfig(window=4, fa_decode=True), backend="reference")(
+        ids, attention_mask=mask, labels=labels).logits
+    fa = tiny_model("llama")(ids, attention_mask=mask).logits
+    swa_model = apply_swaa(tiny_model("llama"), SWAAConfig(window=4), backend="reference")
+    swa = swa_model(ids, attention_mask=mask).logits
+    assert torch.allclose(with_labels[:, :20], swa[:, :20], atol=1e-5)  # prompt rows: SWA
+    assert not torch.allclose(with_labels[:, 20:], fa[:, 20:], atol=1e-3)  # answer rows still read SWA hidden states
+    # with every layer full for answers and a 1-token prompt, answer rows equal plain FA
+    labels[:, 1:] = ids[:, 1:]
+    one = model(ids, attention_mask=mask, labels=labels).logits
+    assert torch.allclose(one[:, 1:], fa[:, 1:], atol=1e-5)
+
+
+def test_generation_identical_across_backends():
+    ids, mask = batch((17, 40, 9))
+    results = []
+    for backend in ("reference", "flex"):
+        model = apply_swaa(tiny_model("qwen3"), SWAAConfig(window=5, sink=3, fa_decode=True, full_layers="odd"),
+                           backend=backend)
+        results.append(greedy(model, ids, mask, new=12))
+    assert torch.equal(results[0][0], results[1][0])
+
+
+def test_multi_token_decode_and_chunked_prefill():
+    model = apply_swaa(tiny_model("llama"), CFG, backend="reference")
+    ids, mask = batch()
+    seq, _ = greedy(model, ids, mask, new=6)
+    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1]:])], 1)
+    labels = torch.full_like(seq, -100)
+    labels[:, ids.shape[1]:] = seq[:, ids.shape[1]:]
+    want = model(seq, attention_mask=full_mask, labels=labels).logits
+    # prefill, then 4 answer tokens in one forward (q_len > 1 decode), then 2 more
+    cache = DynamicCache()
+    n = ids.shape[1]
+    model(ids, attention_mask=mask, cache=cache)
+    step = model(seq[:, n:n + 4], attention_mask=full_mask[:, :n + 4], cache=cache).logits
+    assert torch.allclose(step, want[:, n:n + 4], atol=1e-4)
+    # chunked prefill: the prompt arrives in 3 chunks, the last of 1 token (still prompt, not decode)
+    cache = DynamicCache()
+    with prompt_lengths(model, mask.sum(1)):
+        for a, b in [(0, 10), (10, n - 1), (n - 1, n), (n, n + 6)]:
+            logits = model(seq[:, a:b], attention_mask=full_mask[:, :b], cache=cache).logits
+            real = full_mask[:, a:b].bool()  # padding rows are unspecified
+            assert torch.allclose(logits[real], want[:, a:b][real], atol=1e-4), (a, b)
+    with prompt_lengths(model, mask.sum(1)):
+        chunked, _ = greedy(model, ids, mask, new=6, prefill_chunk_size=7)
+    assert torch.equal(chunked, seq)
+
+
+def test_sliding_cache_equals_full_cache_and_is_constant():
+    cfg = SWAAConfig(window=5, sink=2)
+    model = apply_swaa(tiny_model("llama"), cfg, backend="reference", sliding_cache=False)
+    ids, mask = batch((20, 33))
+    want, _ = greedy(model, ids, mask, new=15)
+    apply_swaa(model, cfg, backend="reference")
+    sizes = []
+    for length in (33, 60):
+        ids2, mask2 = batch((20, length))
+        cache = DynamicCache(config=model.config)
+        seq, _ = greedy(model, ids2, mask2, new=15, cache=cache)
+        assert all(isinstance(layer, SinkWindowLayer) for layer in cache.layers)
+        sizes.append(cache.layers[0].keys.shape[2])
+        if length == 33:
+            assert torch.equal(seq, want)
+    assert sizes == [2 * 2 + 4, 2 * 2 + 4]  # two rows' sinks (different padding) + W-1 window keys
+
+
+def test_generate_installs_sliding_cache_only_where_safe():
+    model = apply_swaa(tiny_model("llama"), SWAAConfig(window=4, sink=1, fa_decode=[0], full_layers=[1]),
+                       backend="reference")
+    ids, mask = batch()
+    cache = DynamicCache(config=model.config)
+    greedy(model, ids, mask, cache=cache)
+    assert [type(layer).__name__ for layer in cache.layers] == ["DynamicLayer", "DynamicLayer", "SinkWindowLayer",
+                                                                 "SinkWindowLayer"]
+
+
+def test_save_load_round_trip(tmp_path):
+    model = apply_swaa(tiny_model("qwen3"), CFG, backend="reference")
+    ids, mask = batch()
+    want = model(ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert SWAAConfig.from_dict(loaded.config.swaa) == CFG
+    apply_swaa(loaded, backend="reference")
+    assert torch.allclose(loaded(ids, attention_mask=mask).logits, want, atol=1e-6)
+
+
+def test_peft_wrapped_model():
+    from peft import LoraConfig, get_peft_model
+    model = tiny_model("llama")
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    apply_swaa(peft_model.get_base_model(), CFG, backend="reference")
+    ids, mask = batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    assert torch.isfinite(peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    with pytest.raises(TypeError, match="get_base_model"):
+        apply_swaa(peft_model, CFG)
+
+
+def test_bad_input_errors():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"full_layers: layer indices \[9\] out of range"):
+        apply_swaa(model, SWAAConfig(window=4, full_layers=[9]))
+    with pytest.raises(ValueError, match="'flash' needs a CUDA device"):
+        apply_swaa(model, SWAAConfig(window=4), backend="flash")
+    with pytest.raises(ValueError, match="unknown SWAA backend 'fast'"):
+        apply_swaa(model, SWAAConfig(window=4), backend="fast")
+    with pytest.raises(ValueError, match="no SWAA config given"):
+        apply_swaa(model)
+
+    class NoInterface(type(model)):
+        _supports_attention_backend = False
+
+    with pytest.raises(ValueError, match="NoInterface is not supported: SWAA needs Llama"):
+        apply_swaa(NoInterface(model.config), SWAAConfig(window=4))
+    apply_swaa(model, SWAAConfig(window=4), backend="reference")
+    ids, mask = batch()
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 10\)"):
+        model(ids, attention_mask=mask[:, :10])
+    with pytest.raises(RuntimeError, match="outside a forward"):
+        model.model.layers[0].self_attn.swaa_layer.runtime.fwd = None
+        model.model(ids, attention_mask=mask)
