@@ -102,14 +102,14 @@ def test_multi_token_decode_and_chunked_prefill():
     # prefill, then 4 answer tokens in one forward (q_len > 1 decode), then 2 more
     cache = DynamicCache()
     n = ids.shape[1]
-    model(ids, attention_mask=mask, cache=cache)
-    step = model(seq[:, n:n + 4], attention_mask=full_mask[:, :n + 4], cache=cache).logits
+    model(ids, attention_mask=mask, past_key_values=cache)
+    step = model(seq[:, n:n + 4], attention_mask=full_mask[:, :n + 4], past_key_values=cache).logits
     assert torch.allclose(step, want[:, n:n + 4], atol=1e-4)
     # chunked prefill: the prompt arrives in 3 chunks, the last of 1 token (still prompt, not decode)
     cache = DynamicCache()
     with prompt_lengths(model, mask.sum(1)):
         for a, b in [(0, 10), (10, n - 1), (n - 1, n), (n, n + 6)]:
-            logits = model(seq[:, a:b], attention_mask=full_mask[:, :b], cache=cache).logits
+            logits = model(seq[:, a:b], attention_mask=full_mask[:, :b], past_key_values=cache).logits
             real = full_mask[:, a:b].bool()  # padding rows are unspecified
             assert torch.allclose(logits[real], want[:, a:b][real], atol=1e-4), (a, b)
     with prompt_lengths(model, mask.sum(1)):
@@ -127,7 +127,7 @@ def test_sliding_cache_equals_full_cache_and_is_constant():
     for length in (33, 60):
         ids2, mask2 = batch((20, length))
         cache = DynamicCache(config=model.config)
-        seq, _ = greedy(model, ids2, mask2, new=15, cache=cache)
+        seq, _ = greedy(model, ids2, mask2, new=15, past_key_values=cache)
         assert all(isinstance(layer, SinkWindowLayer) for layer in cache.layers)
         sizes.append(cache.layers[0].keys.shape[2])
         if length == 33:
@@ -140,7 +140,7 @@ def test_generate_installs_sliding_cache_only_where_safe():
                        backend="reference")
     ids, mask = batch()
     cache = DynamicCache(config=model.config)
-    greedy(model, ids, mask, cache=cache)
+    greedy(model, ids, mask, past_key_values=cache)
     assert [type(layer).__name__ for layer in cache.layers] == ["DynamicLayer", "DynamicLayer", "SinkWindowLayer",
                                                                  "SinkWindowLayer"]
 

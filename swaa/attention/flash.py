@@ -28,16 +28,18 @@ def _dao_flash():
     return flash_attn_varlen_func
 
 
-def flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, window_left: int | None):
-    """Causal (bottom-right aligned) varlen attention; q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out, lse (Hq, Tq)."""
+def flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, window_left: int | None,
+                 causal: bool = True):
+    """Varlen attention (causal is bottom-right aligned); q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out, lse (Hq, Tq)."""
     dao = _dao_flash()
+    right = 0 if causal else -1
     if dao is not None:
-        out, lse, _ = dao(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True,
-                          window_size=(-1 if window_left is None else window_left, 0), return_attn_probs=True)
+        out, lse, _ = dao(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=causal,
+                          window_size=(-1 if window_left is None else window_left, right), return_attn_probs=True)
         return out, lse
     out, lse, *_ = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale,
-        window_size_left=window_left, window_size_right=None if window_left is None else 0)
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale,
+        window_size_left=window_left, window_size_right=None if window_left is None else right)
     return out, lse
 
 
@@ -55,6 +57,7 @@ class _Call:
 
 def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
     nq, nk = q_sel.sum(1, dtype=torch.int32), k_sel.sum(1, dtype=torch.int32)
+    nq, nk = nq[nq > 0], nk[nq > 0]  # sequences without queries in this call have no keys in it either
     zero = nq.new_zeros(1)
     return _Call(q_sel, k_sel, torch.cat([zero, nq.cumsum(0, dtype=torch.int32)]),
                  torch.cat([zero, nk.cumsum(0, dtype=torch.int32)]), int(nq.max()), int(nk.max()))
@@ -77,30 +80,48 @@ def _plan(x: LayerInputs) -> dict:
             q_first = torch.where(rows, x.q_pos, big).amin(1, keepdim=True)
             k_first = (q_first - x.window + 1).clamp(min=0)
         calls[name] = _plan_call(rows, k_valid & (x.k_pos >= k_first) & (x.k_pos <= q_last))
-    plan = {"calls": calls, "swa_row": swa_row}
-    if x.sink and "swa" in calls:
-        # slot of each sink position j < S per row (B, S), and whether it exists in this call's keys
+    plan = {"calls": calls}
+    sees_sink = swa_row & (x.q_pos >= x.window)  # some sink key j < S lies left of the window: j <= i - W
+    if x.sink and bool(sees_sink.any()):
+        # slot of each sink position j < S per row (B, S); rows reaching i >= W + S - 1 see all S sinks
         match = x.k_pos[:, None, :] == torch.arange(x.sink, device=x.k_pos.device)[None, :, None]
-        plan["sink_idx"], plan["sink_ok"] = match.int().argmax(-1), match.any(-1)
+        bulk = sees_sink & (x.q_pos >= x.window + x.sink - 1)
+        plan["sink_idx"], plan["bulk"], plan["edge"] = match.int().argmax(-1), bulk, sees_sink & ~bulk
+        if bool(bulk.any()):
+            has = bulk.any(1, keepdim=True).expand(-1, x.sink)
+            plan["bulk_call"] = _plan_call(bulk, has)
     return plan
 
 
-def _sink_part(query, key, value, x: LayerInputs, plan: dict, scale: float):
-    """Dense attention of SWA rows to the sink keys left of their window: out (B, Lq, Hq, D), lse (B, Lq, Hq)."""
-    b, hq, lq, d = query.shape
-    hkv = key.shape[1]
-    idx = plan["sink_idx"][:, None, :, None].expand(b, hkv, x.sink, d)
-    ks, vs = key.gather(2, idx).float(), value.gather(2, idx).float()  # (B, Hkv, S, D)
-    j = torch.arange(x.sink, device=query.device)
-    ok = plan["sink_ok"][:, None, :] & (j[None, None, :] <= x.q_pos[:, :, None] - x.window) \
-        & plan["swa_row"][:, :, None]  # (B, Lq, S)
-    qg = query.float().view(b, hkv, hq // hkv, lq, d)
-    scores = torch.einsum("bhgqd,bhsd->bhgqs", qg, ks) * scale
-    scores = scores.masked_fill(~ok[:, None, None], float("-inf"))
-    lse = scores.logsumexp(-1)  # (B, Hkv, G, Lq)
-    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
-    out = torch.einsum("bhgqs,bhsd->bhgqd", probs, vs)
-    return out.reshape(b, hq, lq, d).transpose(1, 2), lse.reshape(b, hq, lq).transpose(1, 2)
+def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
+    """Attention of SWA rows to the sink keys left of their window: out (B, Lq, Hq, D), lse (B, Lq, Hq) (-inf: none).
+
+    Rows with i >= W + S - 1 see all S sinks: one non-causal flash call. The < S-1 rows before them: dense float32.
+    """
+    b, lq, hq, d = q_t.shape
+    hkv = k_t.shape[2]
+    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
+    ks, vs = k_t.gather(1, idx), v_t.gather(1, idx)  # (B, S, Hkv, D)
+    acc = torch.promote_types(q_t.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    out = q_t.new_zeros(b, lq, hq, d, dtype=acc)
+    lse = q_t.new_full((b, lq, hq), float("-inf"), dtype=acc)
+    if "bulk_call" in plan:
+        c = plan["bulk_call"]
+        o, l = varlen(q_t[c.q_sel], ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k, scale, None,
+                      causal=False)
+        out[c.q_sel], lse[c.q_sel] = o.to(acc), l.transpose(0, 1).to(acc)
+    edge = plan["edge"]
+    if bool(edge.any()):
+        rows = edge.nonzero(as_tuple=True)  # (batch index, query index) of each edge row
+        q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)  # (E, Hkv, G, D)
+        k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)  # (E, S, Hkv, D)
+        scores = torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale
+        ok = torch.arange(x.sink, device=q_t.device)[None, :] <= (x.q_pos[rows] - x.window)[:, None]  # (E, S)
+        scores = scores.masked_fill(~ok[:, None, None, :], float("-inf"))
+        l_e = scores.logsumexp(-1)  # (E, Hkv, G)
+        o_e = torch.einsum("ehgs,eshd->ehgd", torch.softmax(scores, -1), v_e)
+        out[rows], lse[rows] = o_e.reshape(-1, hq, d), l_e.reshape(-1, hq)
+    return out, lse
 
 
 def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -115,26 +136,30 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
     if dropout:
         raise ValueError(f"backend 'flash' does not support attention dropout (got {dropout})")
     x = layer_inputs(module, query, key)
+    return flash_forward(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling), None
+
+
+def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen) -> torch.Tensor:
+    """Window call for SWA rows, causal call for full rows, then the sink keys merged in by log-sum-exp."""
     plan = x.cached("flash", lambda: _plan(x))
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     out = query.new_zeros(b, lq, hq, d)
     lse_swa = None
     for name, c in plan["calls"].items():
-        o, lse = flash_varlen(q_t[c.q_sel], k_t[c.k_sel], v_t[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k, scale,
-                              flash_window(x.window)[0] if name == "swa" else None)
-        out[c.q_sel] = o
+        o, lse = varlen(q_t[c.q_sel], k_t[c.k_sel], v_t[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k, scale,
+                        flash_window(x.window)[0] if name == "swa" else None)
+        out[c.q_sel] = o.to(out.dtype)
         if name == "swa":
-            lse_swa = query.new_full((b, lq, hq), float("-inf"), dtype=torch.float32)
-            lse_swa[c.q_sel] = lse.transpose(0, 1).float()
+            lse_swa = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
+            lse_swa[c.q_sel] = lse.transpose(0, 1).to(lse_swa.dtype)
     if "sink_idx" in plan:
-        o_sink, lse_sink = _sink_part(query, key, value, x, plan, scale)
-        lse = torch.logaddexp(lse_swa, lse_sink)
-        w_win = torch.exp(lse_swa - lse).nan_to_num(0.0)[..., None]
-        w_sink = torch.exp(lse_sink - lse).nan_to_num(0.0)[..., None]
-        out = (out.float() * w_win + o_sink * w_sink).to(query.dtype)
-    return out, None
+        o_sink, lse_sink = _sink_part(q_t, k_t, v_t, x, plan, scale, varlen)
+        # share of the sink keys in each row's softmax: 0 where a row has none (NaN from -inf - -inf included)
+        w_sink = torch.exp(lse_sink - torch.logaddexp(lse_swa, lse_sink)).nan_to_num(0.0)[..., None]
+        acc = o_sink.dtype
+        out = (out.to(acc) + (o_sink - out.to(acc)) * w_sink).to(query.dtype)
+    return out
 
 
 @functools.cache
