@@ -1,0 +1,1 @@
+"""Long-context evaluation: synthetic tasks, scorers, user eval files, generation and reports."""

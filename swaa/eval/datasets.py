@@ -1,0 +1,97 @@
+"""User evaluation files (parquet, jsonl, json) loaded as Samples: prompt or context + question, answer(s), choices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from swaa.eval.scorers import choice_index
+from swaa.eval.tasks import Sample
+
+log = logging.getLogger(__name__)
+
+READERS = {
+    ".parquet": pd.read_parquet,
+    ".jsonl": lambda path: pd.read_json(path, lines=True, dtype=False),
+    ".json": lambda path: pd.read_json(path, orient="records", dtype=False),
+}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if path.suffix not in READERS:
+        raise ValueError(f"eval file {path}: unsupported format {path.suffix!r}; use one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"eval file {path} does not exist or is not a file")
+    try:
+        return READERS[path.suffix](path)
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        raise ValueError(f"eval file {path}: cannot read it as {path.suffix[1:]} ({type(e).__name__}: {e})") from e
+
+
+def _missing(value: object) -> bool:
+    return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
+
+
+def _strings(value: object, path: Path, row: int, field: str) -> list[str]:
+    """A string or a list of strings (numbers accepted) as a non-empty list of strings."""
+    items = list(value) if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str) else [value]
+    if not items or any(_missing(v) or isinstance(v, (dict, list)) or str(v).strip() == "" for v in items):
+        raise ValueError(f"eval file {path}, row {row}: field {field!r} must be a non-empty string or list of "
+                         f"strings, got {value!r}")
+    return [str(v) for v in items]
+
+
+def _text(record: dict, field: str, path: Path, row: int) -> str:
+    value = record[field]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"eval file {path}, row {row}: field {field!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _sample(record: dict, row: int, path: Path, answer_field: str) -> Sample:
+    if "prompt" in record:
+        prompt = _text(record, "prompt", path, row)
+    else:
+        prompt = f"{_text(record, 'context', path, row)}\n\n{_text(record, 'question', path, row)}"
+    answers = _strings(record[answer_field], path, row, answer_field)
+    raw_choices = record.get("choices")
+    choices = None
+    if isinstance(raw_choices, str):
+        raise ValueError(f"eval file {path}, row {row}: field 'choices' must be a list, got {raw_choices!r}")
+    if not _missing(raw_choices):
+        choices = _strings(raw_choices, path, row, "choices")
+        for answer in answers:
+            try:
+                choice_index(answer, choices)
+            except ValueError as e:
+                raise ValueError(f"eval file {path}, row {row}: {e}") from e
+    sample_id = f"{path.stem}-{row}" if _missing(record.get("id")) else str(record["id"])
+    return Sample(id=sample_id, task=path.stem, prompt=prompt, answers=answers,
+                  scorer="contains" if choices is None else "choice", choices=choices)
+
+
+def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
+    """Samples from a parquet/jsonl/json file with fields `prompt` (or `context` + `question`, joined by a blank line),
+    `answer` or `answers` (string or list), optional `choices` (list; scored with "choice", else "contains"), `id`."""
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    frame = _read(path)
+    fields = list(frame.columns)
+    missing = []
+    if "prompt" not in fields and not {"context", "question"} <= set(fields):
+        missing.append("'prompt' (or 'context' and 'question')")
+    answer_field = "answer" if "answer" in fields else "answers"
+    if answer_field not in fields:
+        missing.append("'answer' (or 'answers')")
+    if missing:
+        raise ValueError(f"eval file {path}: missing field(s) {', '.join(missing)}; the file has fields {fields}")
+    records = frame.iloc[:limit].to_dict("records")
+    samples = [_sample(record, row, path, answer_field) for row, record in enumerate(records)]
+    log.info("loaded %d samples from %s", len(samples), path)
+    return samples
+

@@ -1,0 +1,88 @@
+"""Loading user evaluation files (parquet, jsonl, json) as Samples, and the errors for bad files."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from swaa.eval.datasets import load_eval_file
+from swaa.eval.scorers import score
+
+ROWS = [
+    {"id": "q1", "context": "The sky is green here.", "question": "What colour is the sky?", "answer": "green"},
+    {"id": "q2", "context": "Bob is 7.", "question": "How old is Bob?", "answer": ["7", "seven"]},
+    {"id": "q3", "context": "Pick one.", "question": "Which city is in France?", "answer": "B",
+     "choices": ["London", "Paris", "Rome"]},
+]
+
+
+def write(path, rows):
+    if path.suffix == ".parquet":
+        # a parquet column holds one type: every answer as a list
+        listed = [{**row, "answer": [a] if isinstance(a := row["answer"], str) else a} for row in rows]
+        pd.DataFrame(listed).to_parquet(path)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".json"])
+def test_formats_give_the_same_samples(tmp_path, suffix):
+    samples = load_eval_file(write(tmp_path / f"mine{suffix}", ROWS))
+    assert [s.id for s in samples] == ["q1", "q2", "q3"]
+    assert samples[0].prompt == "The sky is green here.\n\nWhat colour is the sky?"
+    assert samples[0].answers == ["green"] and samples[0].scorer == "contains" and samples[0].choices is None
+    assert samples[1].answers == ["7", "seven"]
+    assert samples[2].scorer == "choice" and samples[2].choices == ["London", "Paris", "Rome"]
+    assert all(s.task == "mine" and s.length is None and s.depth is None for s in samples)
+    assert score(samples[2].scorer, "Answer: B", samples[2].answers, samples[2].choices) == 1.0
+
+
+def test_prompt_field_answers_alias_default_ids_and_limit(tmp_path):
+    rows = [{"prompt": "Say hi.", "answers": ["hi", "hello"]}, {"prompt": "Count.", "answers": 3},
+            {"prompt": "Third.", "answers": "x"}]
+    path = write(tmp_path / "plain.jsonl", rows)
+    samples = load_eval_file(path, limit=2)
+    assert [s.id for s in samples] == ["plain-0", "plain-1"]
+    assert samples[0].prompt == "Say hi." and samples[0].answers == ["hi", "hello"] and samples[1].answers == ["3"]
+    assert len(load_eval_file(path)) == 3
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        load_eval_file(path, limit=0)
+
+
+def test_missing_fields_are_named(tmp_path):
+    path = write(tmp_path / "bad.jsonl", [{"context": "c", "text": "t"}])
+    with pytest.raises(ValueError) as error:
+        load_eval_file(path)
+    message = str(error.value)
+    assert "bad.jsonl" in message and "'prompt' (or 'context' and 'question')" in message
+    assert "'answer' (or 'answers')" in message and "['context', 'text']" in message
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "p", "answer": None}, "row 0: field 'answer' must be a non-empty string"),
+    ({"prompt": "p", "answer": []}, "row 0: field 'answer'"),
+    ({"prompt": "", "answer": "a"}, "row 0: field 'prompt' must be a non-empty string"),
+    ({"prompt": "p", "answer": "Z", "choices": ["x", "y"]}, "row 0: answer 'Z' is neither a letter A-B"),
+    ({"prompt": "p", "answer": "A", "choices": "x, y"}, "row 0: field 'choices' must be a list"),
+])
+def test_bad_rows(tmp_path, row, match):
+    with pytest.raises(ValueError, match=match):
+        load_eval_file(write(tmp_path / "rows.jsonl", [row]))
+
+
+def test_unreadable_and_unsupported_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.jsonl"):
+        load_eval_file(tmp_path / "absent.jsonl")
+    with pytest.raises(ValueError, match=r"data.csv: unsupported format '.csv'"):
+        load_eval_file(write(tmp_path / "data.csv", ROWS))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: cannot read it as json"):
+        load_eval_file(broken)
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    with pytest.raises(ValueError, match="fake.parquet: cannot read it as parquet"):
+        load_eval_file(fake)
