@@ -42,9 +42,11 @@ def _module(x: LayerInputs) -> torch.nn.Module:
 
 
 def _qkv(n, hq, hkv, d, dtype, device, grad=False):
+    """q (1, Hq, n, D), k/v (1, Hkv, n, D), laid out in memory as (1, n, H, D) like a model's projections."""
     g = torch.Generator(device=device).manual_seed(n)
-    shapes = [(1, hq, n, d), (1, hkv, n, d), (1, hkv, n, d)]
-    return [torch.randn(s, generator=g, device=device, dtype=dtype).requires_grad_(grad) for s in shapes]
+    shapes = [(1, n, hq, d), (1, n, hkv, d), (1, n, hkv, d)]
+    return [torch.randn(s, generator=g, device=device, dtype=dtype).transpose(1, 2).requires_grad_(grad)
+            for s in shapes]
 
 
 def relative_error(name: str, window, sink, hq, hkv, d, dtype, device, n=4096) -> float:

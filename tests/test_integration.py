@@ -191,3 +191,23 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="outside a forward"):
         model.model.layers[0].self_attn.swaa_layer.runtime.fwd = None
         model.model(ids, attention_mask=mask)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["flex", "flash"])
+def test_cuda_backends_model_level(backend):
+    """bf16 on the GPU: teacher-forced logits and generation logits of flex/flash close to the float32 reference."""
+    cfg = SWAAConfig(window=16, sink=4, fa_decode=[0, 2], full_layers=[1])
+    ids, mask = batch((90, 140))
+    ids, mask = ids.cuda(), mask.cuda()
+    ref = apply_swaa(tiny_model("llama").cuda(), cfg, backend="reference")
+    seq, want = greedy(ref, ids, mask, new=10)
+    model = apply_swaa(tiny_model("llama").cuda().to(torch.bfloat16), cfg, backend=backend)
+    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1]:])], 1)
+    labels = torch.full_like(seq, -100)
+    labels[:, ids.shape[1]:] = seq[:, ids.shape[1]:]
+    forced = model(seq, attention_mask=full_mask, labels=labels).logits[:, ids.shape[1] - 1:-1].float()
+    assert ((forced - want).norm() / want.norm()).item() < 2e-2
+    _, got = greedy(model, ids, mask, new=10)
+    # generation may diverge after a bf16 near-tie; compare the first step, which sees identical inputs
+    assert ((got[:, 0].float() - want[:, 0]).norm() / want[:, 0].norm()).item() < 2e-2

@@ -53,6 +53,7 @@ class _Call:
     cu_k: torch.Tensor
     max_q: int
     max_k: int
+    dense: bool  # every query and key of every sequence takes part: (B, L, H, D) reshapes, no gather/scatter
 
 
 def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
@@ -60,7 +61,13 @@ def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
     nq, nk = nq[nq > 0], nk[nq > 0]  # sequences without queries in this call have no keys in it either
     zero = nq.new_zeros(1)
     return _Call(q_sel, k_sel, torch.cat([zero, nq.cumsum(0, dtype=torch.int32)]),
-                 torch.cat([zero, nk.cumsum(0, dtype=torch.int32)]), int(nq.max()), int(nk.max()))
+                 torch.cat([zero, nk.cumsum(0, dtype=torch.int32)]), int(nq.max()), int(nk.max()),
+                 bool(q_sel.all()) and bool(k_sel.all()))
+
+
+def _pack(t: torch.Tensor, sel: torch.Tensor, dense: bool) -> torch.Tensor:
+    """(B, L, H, D) -> (T, H, D) of the selected tokens; a reshape (no copy if contiguous) when all are selected."""
+    return t.reshape(-1, *t.shape[2:]) if dense else t[sel]
 
 
 def _plan(x: LayerInputs) -> dict:
@@ -144,12 +151,16 @@ def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_
     plan = x.cached("flash", lambda: _plan(x))
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
-    out = query.new_zeros(b, lq, hq, d)
+    out = query.new_zeros(b, lq, hq, d) if len(plan["calls"]) > 1 or not next(iter(plan["calls"].values())).dense \
+        else None
     lse_swa = None
     for name, c in plan["calls"].items():
-        o, lse = varlen(q_t[c.q_sel], k_t[c.k_sel], v_t[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k, scale,
-                        flash_window(x.window)[0] if name == "swa" else None)
-        out[c.q_sel] = o.to(out.dtype)
+        o, lse = varlen(_pack(q_t, c.q_sel, c.dense), _pack(k_t, c.k_sel, c.dense), _pack(v_t, c.k_sel, c.dense),
+                        c.cu_q, c.cu_k, c.max_q, c.max_k, scale, flash_window(x.window)[0] if name == "swa" else None)
+        if c.dense and len(plan["calls"]) == 1:
+            out = o.view(b, lq, hq, d)
+        else:
+            out[c.q_sel] = o.to(out.dtype)
         if name == "swa":
             lse_swa = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
             lse_swa[c.q_sel] = lse.transpose(0, 1).to(lse_swa.dtype)
