@@ -8,8 +8,13 @@ from conftest import tiny_model
 from swaa import SWAAConfig, apply_swaa, prompt_lengths, remove_swaa, swaa_disabled
 from swaa.cache import SinkWindowLayer
 
-torch.set_grad_enabled(False)
 CFG = SWAAConfig(window=6, sink=2, fa_decode=[0, 2], full_layers=[1])
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
 
 
 def batch(lengths=(23, 30), vocab=128, seed=0):
