@@ -53,7 +53,8 @@ class _Call:
     cu_k: torch.Tensor
     max_q: int
     max_k: int
-    dense: bool  # every query and key of every sequence takes part: (B, L, H, D) reshapes, no gather/scatter
+    q_span: tuple[int, int] | None  # batch of 1 with a contiguous selection: slice [a, b) instead of gather/scatter
+    k_span: tuple[int, int] | None
 
 
 def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
@@ -62,12 +63,29 @@ def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
     zero = nq.new_zeros(1)
     return _Call(q_sel, k_sel, torch.cat([zero, nq.cumsum(0, dtype=torch.int32)]),
                  torch.cat([zero, nk.cumsum(0, dtype=torch.int32)]), int(nq.max()), int(nk.max()),
-                 bool(q_sel.all()) and bool(k_sel.all()))
+                 _span(q_sel), _span(k_sel))
 
 
-def _pack(t: torch.Tensor, sel: torch.Tensor, dense: bool) -> torch.Tensor:
-    """(B, L, H, D) -> (T, H, D) of the selected tokens; a reshape (no copy if contiguous) when all are selected."""
-    return t.reshape(-1, *t.shape[2:]) if dense else t[sel]
+def _span(sel: torch.Tensor) -> tuple[int, int] | None:
+    """[a, b) if `sel` (1, L) selects one contiguous run, else None."""
+    if sel.shape[0] != 1:
+        return None
+    idx = sel[0].nonzero()
+    a, b = int(idx[0]), int(idx[-1]) + 1
+    return (a, b) if b - a == len(idx) else None
+
+
+def _pack(t: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None) -> torch.Tensor:
+    """(B, L, H, D) -> (T, H, D) of the selected tokens: a view for a contiguous span, else a gather."""
+    return t[0, span[0]:span[1]] if span else t[sel]
+
+
+def _unpack(out: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, packed: torch.Tensor) -> None:
+    """Write packed rows (T, ...) back into (B, L, ...) at the selected positions."""
+    if span:
+        out[0, span[0]:span[1]] = packed
+    else:
+        out[sel] = packed
 
 
 def _plan(x: LayerInputs) -> dict:
@@ -110,13 +128,14 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
     ks, vs = k_t.gather(1, idx), v_t.gather(1, idx)  # (B, S, Hkv, D)
     acc = torch.promote_types(q_t.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    out = q_t.new_zeros(b, lq, hq, d, dtype=acc)
+    out = q_t.new_zeros(b, lq, hq, d)
     lse = q_t.new_full((b, lq, hq), float("-inf"), dtype=acc)
     if "bulk_call" in plan:
         c = plan["bulk_call"]
-        o, l = varlen(q_t[c.q_sel], ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k, scale, None,
-                      causal=False)
-        out[c.q_sel], lse[c.q_sel] = o.to(acc), l.transpose(0, 1).to(acc)
+        o, l = varlen(_pack(q_t, c.q_sel, c.q_span), ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k,
+                      scale, None, causal=False)
+        _unpack(out, c.q_sel, c.q_span, o)
+        _unpack(lse, c.q_sel, c.q_span, l.transpose(0, 1))
     edge = plan["edge"]
     if bool(edge.any()):
         rows = edge.nonzero(as_tuple=True)  # (batch index, query index) of each edge row
@@ -127,7 +146,7 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
         scores = scores.masked_fill(~ok[:, None, None, :], float("-inf"))
         l_e = scores.logsumexp(-1)  # (E, Hkv, G)
         o_e = torch.einsum("ehgs,eshd->ehgd", torch.softmax(scores, -1), v_e)
-        out[rows], lse[rows] = o_e.reshape(-1, hq, d), l_e.reshape(-1, hq)
+        out[rows], lse[rows] = o_e.reshape(-1, hq, d).to(out.dtype), l_e.reshape(-1, hq)
     return out, lse
 
 
@@ -151,25 +170,25 @@ def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_
     plan = x.cached("flash", lambda: _plan(x))
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
-    out = query.new_zeros(b, lq, hq, d) if len(plan["calls"]) > 1 or not next(iter(plan["calls"].values())).dense \
-        else None
+    calls = plan["calls"]
+    whole = len(calls) == 1 and next(iter(calls.values())).q_span == (0, lq)
+    out = None if whole else query.new_zeros(b, lq, hq, d)
     lse_swa = None
-    for name, c in plan["calls"].items():
-        o, lse = varlen(_pack(q_t, c.q_sel, c.dense), _pack(k_t, c.k_sel, c.dense), _pack(v_t, c.k_sel, c.dense),
+    for name, c in calls.items():
+        o, lse = varlen(_pack(q_t, c.q_sel, c.q_span), _pack(k_t, c.k_sel, c.k_span), _pack(v_t, c.k_sel, c.k_span),
                         c.cu_q, c.cu_k, c.max_q, c.max_k, scale, flash_window(x.window)[0] if name == "swa" else None)
-        if c.dense and len(plan["calls"]) == 1:
+        if whole:
             out = o.view(b, lq, hq, d)
         else:
-            out[c.q_sel] = o.to(out.dtype)
+            _unpack(out, c.q_sel, c.q_span, o)
         if name == "swa":
             lse_swa = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
-            lse_swa[c.q_sel] = lse.transpose(0, 1).to(lse_swa.dtype)
+            _unpack(lse_swa, c.q_sel, c.q_span, lse.transpose(0, 1))
     if "sink_idx" in plan:
         o_sink, lse_sink = _sink_part(q_t, k_t, v_t, x, plan, scale, varlen)
         # share of the sink keys in each row's softmax: 0 where a row has none (NaN from -inf - -inf included)
         w_sink = torch.exp(lse_sink - torch.logaddexp(lse_swa, lse_sink)).nan_to_num(0.0)[..., None]
-        acc = o_sink.dtype
-        out = (out.to(acc) + (o_sink - out.to(acc)) * w_sink).to(query.dtype)
+        out = out + (o_sink - out) * w_sink.to(out.dtype)
     return out
 
 
