@@ -1,0 +1,98 @@
+"""Training-speed benchmark: LoRA fine-tuning step time and tokens/s, FA versus SWAA, on a model with random weights.
+
+One step = forward + backward + optimizer step on one sequence (batch 1, bf16, gradient checkpointing), the last 10%
+of tokens supervised (answer rows). Run on a GPU: python -m swaa.bench_train --lengths 16384 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from swaa import SWAAConfig, apply_swaa
+
+log = logging.getLogger(__name__)
+QWEN3_4B = dict(num_hidden_layers=36, hidden_size=2560, intermediate_size=9728, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=1e6, max_position_embeddings=131072)
+CONFIGS = {"fa": SWAAConfig(),
+           "swa_all_fad": SWAAConfig(window=2048, sink=64, fa_decode=True),
+           "swa_half_fad": SWAAConfig(window=2048, sink=64, fa_decode=True, full_layers="odd")}
+
+
+def build(layers: int, device: str):
+    """Qwen3-4B-shaped model (random bf16 weights), LoRA r=16 on q/k/v, gradient checkpointing."""
+    config = Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": layers}, attn_implementation="sdpa")
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"]))
+
+
+def step_time(model, length: int, steps: int, device: str) -> tuple[float, float]:
+    """Median seconds per optimizer step and the last loss."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
+    labels = torch.full_like(ids, -100)
+    labels[:, -length // 10:] = ids[:, -length // 10:]
+    times, loss = [], None
+    for i in range(steps + 2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= 2:  # warm-up: compilation, allocator
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], loss.item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
+    parser.add_argument("--layers", type=int, default=36)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not torch.cuda.is_available():
+        raise SystemExit("swaa.bench_train needs a CUDA GPU")
+    model = build(args.layers, "cuda")
+    base = model.get_base_model()
+    rows = []
+    for length in args.lengths:
+        for name, cfg in CONFIGS.items():
+            apply_swaa(base, cfg, backend=args.backend)
+            torch.cuda.reset_peak_memory_stats()
+            t, loss = step_time(model, length, args.steps, "cuda")
+            rows.append({"config": name, "tag": cfg.tag, "length": length, "step_s": t, "tokens_per_s": length / t,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss})
+            log.info("%s", rows[-1])
+    fa = {r["length"]: r["step_s"] for r in rows if r["config"] == "fa"}
+    print("| config | length | step s | tokens/s | speedup vs FA | peak GiB |\n|---|---|---|---|---|---|")
+    for r in rows:
+        r["speedup"] = fa[r["length"]] / r["step_s"]
+        print(f"| {r['config']} ({r['tag']}) | {r['length']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+              f"{r['speedup']:.2f}x | {r['peak_gib']:.1f} |")
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "command": " ".join(sys.argv), "backend": args.backend}
+    print(meta)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "meta": meta}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
