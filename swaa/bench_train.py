@@ -58,6 +58,23 @@ def step_time(model, length: int, steps: int, device: str) -> tuple[float, float
     return sorted(times)[len(times) // 2], loss.item()
 
 
+def check(model, backend: str, device: str) -> float:
+    """Relative difference of the loss and LoRA gradients between `backend` and 'reference' (short input, W=64)."""
+    base, cfg = model.get_base_model(), SWAAConfig(window=64, sink=4, fa_decode=True, full_layers="odd")
+    ids = torch.randint(0, model.config.vocab_size, (1, 1024), device=device)
+    labels = torch.where(torch.arange(1024, device=device) >= 900, ids, -100)
+    results = []
+    for name in (backend, "reference"):
+        apply_swaa(base, cfg, backend=name)
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        results.append(torch.cat([loss.detach().float().reshape(1)] + [p.grad.float().flatten() for p in
+                                  model.parameters() if p.requires_grad]))
+    model.zero_grad(set_to_none=True)
+    return ((results[0] - results[1]).norm() / results[1].norm()).item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
@@ -71,6 +88,10 @@ def main() -> None:
         raise SystemExit("swaa.bench_train needs a CUDA GPU")
     model = build(args.layers, "cuda")
     base = model.get_base_model()
+    error = check(model, args.backend, "cuda")
+    log.info("backend %r vs reference: relative difference of loss + LoRA gradients %.2e", args.backend, error)
+    if not error < 5e-2:
+        raise SystemExit(f"backend {args.backend!r} failed the correctness check ({error:.2e}); not timing it")
     rows = []
     for length in args.lengths:
         for name, cfg in CONFIGS.items():
@@ -87,7 +108,8 @@ def main() -> None:
         print(f"| {r['config']} ({r['tag']}) | {r['length']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
               f"{r['speedup']:.2f}x | {r['peak_gib']:.1f} |")
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "command": " ".join(sys.argv), "backend": args.backend}
+            "python": platform.python_version(), "command": " ".join(sys.argv), "backend": args.backend,
+            "check_rel_diff": error}
     print(meta)
     if args.out:
         with open(args.out, "w") as f:
