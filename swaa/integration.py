@@ -23,6 +23,8 @@ from swaa.cache import SinkWindowLayer
 from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
+# Registered attention names. None may contain "flash": transformers reads such names as hub kernel requests.
+IMPLEMENTATIONS = {"reference": "swaa_reference", "flex": "swaa_flex", "flash": "swaa_varlen"}
 SUPPORTED = "Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' AttentionInterface"
 
 
@@ -144,10 +146,12 @@ def _warn_once_cached(message: str) -> None:
     log.warning(message)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> 'flash' on CUDA (gradients go to 'flex'), 'reference' elsewhere; other names are checked."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'auto' -> 'flash' on CUDA in half precision (gradients go to 'flex'), 'flex' on CUDA in float32 (unless it
+    runs under autocast, which flash handles), 'reference' on CPU; other names are checked."""
     if backend == "auto":
-        choice = "flash" if device.type == "cuda" else "reference"
+        half = dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device.type)
+        choice = "reference" if device.type != "cuda" else "flash" if half else "flex"
         _log_choice_once(choice, device.type)
         return choice
     if backend not in BACKENDS:
@@ -194,12 +198,12 @@ def apply_swaa(model: PreTrainedModel, config: SWAAConfig | None = None, backend
         raise ValueError(f"{type(model).__name__} is not supported: SWAA needs {SUPPORTED} "
                          f"(found attention layers {sorted(layers)} for {depth} decoder layers)")
     if config.enabled:
-        backend = resolve_backend(backend, model.device)
+        backend = resolve_backend(backend, model.device, model.dtype)
     model.config.swaa = config.to_dict()
     if not config.enabled:
         return model
     runtime = SWAARuntime(model, config, backend, sliding_cache)
-    name = f"swaa_{backend}"
+    name = IMPLEMENTATIONS[backend]
     AttentionInterface.register(name, BACKENDS[backend])
     for idx, module in layers.items():
         module.swaa_layer = _LayerHandle(runtime, idx)
@@ -239,7 +243,7 @@ def swaa_disabled(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     try:
         yield model
     finally:
-        model.set_attn_implementation(f"swaa_{runtime.backend}")
+        model.set_attn_implementation(IMPLEMENTATIONS[runtime.backend])
         runtime.active = True
 
 

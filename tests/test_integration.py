@@ -216,3 +216,18 @@ def test_cuda_backends_model_level(backend):
     _, got = greedy(model, ids, mask, new=10)
     # generation may diverge after a bf16 near-tie; compare the first step, which sees identical inputs
     assert ((got[:, 0].float() - want[:, 0]).norm() / want[:, 0].norm()).item() < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_flash_under_autocast_and_auto_choice():
+    cfg = SWAAConfig(window=16, sink=4, fa_decode=True, full_layers=[1])
+    ids, mask = batch((90, 140))
+    ids, mask = ids.cuda(), mask.cuda()
+    want = apply_swaa(tiny_model("llama").cuda(), cfg, backend="reference")(ids, attention_mask=mask).logits
+    model = apply_swaa(tiny_model("llama").cuda(), cfg)  # float32 on CUDA: auto picks flex
+    assert model.swaa_runtime.backend == "flex"
+    apply_swaa(model, cfg, backend="flash")
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # float32 weights, bf16 attention
+        got = model(ids, attention_mask=mask).logits.float()
+    real = mask.bool()
+    assert ((got - want)[real].norm() / want[real].norm()).item() < 2e-2

@@ -155,7 +155,10 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
     if query.device.type != "cuda":
         raise RuntimeError(f"backend 'flash' needs a CUDA device, got {query.device}; use 'flex' or 'reference'")
     if query.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"backend 'flash' needs float16 or bfloat16 inputs, got {query.dtype}; use 'flex'")
+        if not torch.is_autocast_enabled("cuda"):
+            raise ValueError(f"backend 'flash' needs float16 or bfloat16 inputs, got {query.dtype}; use 'flex'")
+        half = torch.get_autocast_dtype("cuda")  # mixed precision: attention runs in the autocast dtype, like SDPA
+        query, key, value = query.to(half), key.to(half), value.to(half)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         _warn_backward_fallback()
         return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
