@@ -1,0 +1,161 @@
+"""Training checkpoints that hold only trainable weights plus a fingerprint of the setup; atomic writes; load_adapter.
+
+A train.py checkpoint is Lightning's dict (optimizer, schedulers, loops, data-loader state) whose `state_dict` has only
+the trainable parameters and whose `swaa_fingerprint` names the model, its architecture, the SWAA and LoRA settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from peft import PeftModel
+from transformers import PretrainedConfig, PreTrainedModel
+
+from swaa.config import SWAAConfig
+from swaa.lora import LoRASettings, add_lora
+from swaa.models import DEFAULT_GGUF
+from swaa.tiny import is_tiny_spec
+
+log = logging.getLogger(__name__)
+FINGERPRINT_KEY = "swaa_fingerprint"
+MODULE_PREFIX = "model."  # SWAAFineTuner keeps the (peft-wrapped) model in its `model` attribute
+ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here: unreadable, not from train.py, or from a different setup."""
+
+
+def model_id(spec: str | None) -> str:
+    """Stable name of a model argument: the tiny spec, 'embedded:<gguf>' for the default, else the absolute path."""
+    if spec is None:
+        return f"embedded:{DEFAULT_GGUF}"
+    return spec if is_tiny_spec(spec) else str(Path(spec).resolve())
+
+
+def config_hash(config: PretrainedConfig) -> str:
+    """Hash of the architecture fields of a model config (dtype, attention backend and SWAA entries excluded)."""
+    values = config.to_dict()
+    arch = {key: values.get(key) for key in ARCH_KEYS}
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_fingerprint(spec: str | None, config: PretrainedConfig, swaa: SWAAConfig, lora: LoRASettings) -> dict:
+    return {"model": model_id(spec), "model_config": config_hash(config), "swaa": swaa.to_dict(),
+            "lora": lora.to_dict()}
+
+
+def check_fingerprint(saved: dict, current: dict, path: str | Path | None,
+                      fields: tuple[str, ...] | None = None) -> None:
+    """Raise if the checkpoint's fingerprint differs from the current setup in any of `fields` (default: all)."""
+    saved_flat, current_flat = _flatten(saved), _flatten({key: current[key] for key in fields or tuple(current)})
+    diffs = [f"{key}: checkpoint has {saved_flat.get(key)!r}, current run has {value!r}"
+             for key, value in current_flat.items() if saved_flat.get(key) != value]
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} comes from a different setup: " + "; ".join(diffs))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+def trainable_names(module: torch.nn.Module, prefix: str = "") -> set[str]:
+    return {prefix + name for name, p in module.named_parameters() if p.requires_grad}
+
+
+def check_keys(saved: set[str], expected: set[str], path: str | Path | None) -> None:
+    """The saved tensors must be exactly the trainable parameters: no silent partial load."""
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the trainable parameters of this model: "
+                              f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                              f"(e.g. {unexpected[:3]})")
+
+
+def load_file(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True) -> Any:
+    """torch.load with an error naming the path when the file is missing, corrupt or truncated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file? ({type(e).__name__}: {e})") \
+            from e
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True) -> dict:
+    """Load a train.py checkpoint; a missing, corrupt, truncated or foreign file raises naming the path."""
+    checkpoint = load_file(path, map_location, weights_only)
+    if not isinstance(checkpoint, dict) or FINGERPRINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a train.py checkpoint (no {FINGERPRINT_KEY!r} entry)")
+    return checkpoint
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO with atomic local writes and a clear error for unreadable files.
+
+    Lightning also passes other files through it (ddp_spawn's weights); SWAAFineTuner.on_load_checkpoint checks
+    the fingerprint of training checkpoints.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO does not take storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str | Path, map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return load_file(path, map_location=map_location, weights_only=weights_only)
+
+
+def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
+    """`model` with trained weights from a peft adapter folder or a train.py .ckpt (LoRA: returns the peft model)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+        return PeftModel.from_pretrained(model, str(path))
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint[FINGERPRINT_KEY]
+    current = {"model_config": config_hash(model.config)}
+    check_fingerprint(saved, current, path, fields=("model_config",))
+    model = add_lora(model, LoRASettings(**saved["lora"]))
+    state = {k.removeprefix(MODULE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    check_keys(set(state), trainable_names(model), path)
+    model.load_state_dict(state, strict=False)
+    log.info("loaded %d trained tensors from %s", len(state), path)
+    return model

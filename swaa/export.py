@@ -1,0 +1,77 @@
+"""Export a train.py checkpoint: LoRA merged into a Hugging Face model folder (`--merge`), or the peft adapter alone.
+
+    python -m swaa.export --ckpt runs/smollm2/checkpoints/last.ckpt --out models/smollm2-swaa --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from swaa.checkpoints import FINGERPRINT_KEY, load_adapter, read_checkpoint
+from swaa.models import load_model, load_tokenizer
+from swaa.tiny import build_tiny_model, is_tiny_spec
+
+log = logging.getLogger(__name__)
+
+
+def _base_model(spec: str) -> PreTrainedModel:
+    if is_tiny_spec(spec):
+        return build_tiny_model(spec)
+    return load_model(None if spec.startswith("embedded:") else spec, dtype="auto")
+
+
+def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Write the trained model (merge) or adapter of `ckpt` to `out`; `model` overrides the base model path."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    fingerprint = read_checkpoint(ckpt)[FINGERPRINT_KEY]
+    spec = model or fingerprint["model"]
+    trained = load_adapter(_base_model(spec), ckpt)
+    if not merge and not isinstance(trained, PeftModel):
+        raise ValueError(f"{ckpt} is a full fine-tune (no adapter to save alone); export it with --merge")
+    if merge and isinstance(trained, PeftModel):
+        trained = trained.merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        if merge:
+            trained.config.swaa = fingerprint["swaa"]
+            trained.save_pretrained(tmp)
+            if not is_tiny_spec(spec):
+                load_tokenizer(None if spec.startswith("embedded:") else spec).save_pretrained(tmp)
+        else:
+            trained.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s (%s) to %s", ckpt, "merged model" if merge else "adapter", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights (a full HF model folder)")
+    p.add_argument("--model", help="base model path, if it moved since training (default: the one in the checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    export(args.ckpt, args.out, merge=args.merge, model=args.model, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""SWAAFineTuner: the LightningModule for SWAA fine-tuning (LoRA or full), CE loss plus optional KL to the FA teacher.
+
+The model is built in `configure_model` on the trainer's device, in the dtype of the trainer's precision
+("bf16-true" -> bfloat16); checkpoints hold only the trainable weights and a fingerprint (swaa/checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, make_fingerprint,
+                              trainable_names)
+from swaa.config import SWAAConfig, load_presets
+from swaa.integration import apply_swaa, swaa_disabled
+from swaa.lora import LoRASettings, add_lora
+from swaa.models import load_model
+from swaa.tiny import build_tiny_model, is_tiny_spec
+
+PRESETS_PATH = Path(__file__).resolve().parent.parent / "configs" / "swaa" / "presets.yaml"
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+def resolve_swaa(spec: dict | str | SWAAConfig | None) -> SWAAConfig:
+    """A SWAAConfig from a dict, a preset name in configs/swaa/presets.yaml, or None (full attention)."""
+    if spec is None:
+        return SWAAConfig()
+    if isinstance(spec, SWAAConfig):
+        return spec
+    if isinstance(spec, str):
+        presets = load_presets(PRESETS_PATH)
+        if spec not in presets:
+            raise ValueError(f"swaa={spec!r}: unknown preset; choose one of {sorted(presets)} ({PRESETS_PATH}) "
+                             "or give a dict of SWAA fields")
+        return presets[spec]
+    return SWAAConfig.from_dict(dict(spec))
+
+
+def tokenizer_for(model: str | None) -> str | None:
+    """The tokenizer argument that matches a model argument: tiny random models use the default (SmolLM2) one."""
+    return None if is_tiny_spec(model) else model
+
+
+def build_model(spec: str | None, swaa: SWAAConfig, backend: str, lora: LoRASettings, device: torch.device | str,
+                dtype: torch.dtype, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """Load (or build a tiny) model on `device`, switch it to SWAA, then add LoRA adapters."""
+    if is_tiny_spec(spec):
+        base = build_tiny_model(spec).to(device=device, dtype=dtype)
+    else:
+        base = load_model(spec, dtype=dtype, device=device)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_swaa(base, swaa, backend)
+    return add_lora(base, lora)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: Schedule) -> float:
+    """Linear warmup from 0 to 1 over `warmup_steps`, then cosine / linear decay to 0 at `max_steps`, or constant."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+class SWAAFineTuner(L.LightningModule):
+    """Fine-tune a causal LM under a SWAA configuration: prompt rows under SWA, answer rows under full attention."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        swaa: dict | str | None = None,
+        backend: str = "auto",
+        lora: LoRASettings = LoRASettings(),
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_steps: int | None = None,
+        schedule: Schedule = "cosine",
+        gradient_checkpointing: bool = False,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
+    ):
+        """
+        Args:
+            model: Hugging Face folder, .gguf file, None for the embedded SmolLM2-135M-Instruct, or
+                'tiny:<family>:<layers>:<vocab>' for a tiny random Llama/Qwen3.
+            swaa: SWAA config fields (window, sink, fa_decode, full_layers) or a preset name from
+                configs/swaa/presets.yaml; None trains with full attention.
+            backend: SWAA attention backend: auto, reference, flex or flash.
+            lora: LoRA adapters, or full_finetune.
+            lr: peak learning rate of AdamW.
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear warmup steps.
+            max_steps: steps of the decay schedule; None = the trainer's estimated number of steps.
+            schedule: decay after warmup.
+            gradient_checkpointing: recompute activations in the backward pass (less memory).
+            distill_weight: weight of KL(FA teacher || student) on answer tokens added to the CE loss; the teacher is
+                the same weights with adapters disabled, under full attention.
+            distill_temperature: softmax temperature of the distillation term.
+        """
+        super().__init__()
+        self.swaa_config = resolve_swaa(swaa)
+        if distill_weight < 0 or distill_temperature <= 0:
+            raise ValueError(f"distill_weight={distill_weight} must be >= 0 and distill_temperature="
+                             f"{distill_temperature} > 0")
+        if distill_weight > 0 and lora.full_finetune:
+            raise ValueError("distill_weight > 0 needs LoRA: the FA teacher is the base model with adapters disabled, "
+                             "which full_finetune does not keep")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps={max_steps}: expected None or an int >= 1")
+        self.lora_settings = lora
+        self.save_hyperparameters(ignore=["lora"])
+        self.hparams["lora"] = lora.to_dict()  # plain data, so checkpoints load with weights_only=True
+        self.model: PreTrainedModel | PeftModel | None = None
+        self.fingerprint: dict | None = None
+        self.strict_loading = False  # checkpoints hold only trainable weights; on_load_checkpoint checks the key set
+        self._batch_start: float | None = None
+
+    # -- model --------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        self.model = build_model(self.hparams.model, self.swaa_config, self.hparams.backend, self.lora_settings,
+                                 device, torch.get_default_dtype(), self.hparams.gradient_checkpointing).train()
+        self.fingerprint = make_fingerprint(self.hparams.model, self.base_model.config, self.swaa_config,
+                                            self.lora_settings)
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The Hugging Face model under the peft wrapper (where SWAA is applied)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def _forward(self, batch: dict[str, torch.Tensor], labels: bool = True):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"] if labels else None, use_cache=False)
+
+    # -- steps --------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._forward(batch)
+        loss = out.loss
+        n = batch["input_ids"].shape[0]
+        self.log("train/ce", out.loss, batch_size=n, sync_dist=True)
+        if self.hparams.distill_weight > 0:
+            kl = self._distill_kl(batch, out.logits)
+            self.log("train/kl", kl, batch_size=n, sync_dist=True)
+            loss = out.loss + self.hparams.distill_weight * kl
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return loss
+
+    def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) per answer token, teacher = base weights under full attention, temperature T."""
+        with torch.no_grad(), self.model.disable_adapter(), swaa_disabled(self.base_model):
+            teacher = self._forward(batch, labels=False).logits
+        answer = batch["labels"][:, 1:] != -100  # logits at position i predict the token at i + 1
+        t = self.hparams.distill_temperature
+        student_logp = F.log_softmax(logits[:, :-1][answer].float() / t, dim=-1)  # (N answer tokens, V)
+        teacher_logp = F.log_softmax(teacher[:, :-1][answer].float() / t, dim=-1)
+        return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean") * t * t
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        n = batch["input_ids"].shape[0]
+        tokens = batch["attention_mask"].sum().item()
+        self.log("train/tokens_per_s", tokens / (time.perf_counter() - self._batch_start), batch_size=n)
+        if self.device.type == "cuda":
+            self.log("train/gpu_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, batch_size=n)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        n = batch["input_ids"].shape[0]
+        loss = self._forward(batch).loss
+        if self.swaa_config.enabled:
+            with swaa_disabled(self.base_model):
+                loss_fa = self._forward(batch).loss
+        else:
+            loss_fa = loss
+        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/loss_fa", loss_fa, batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.hparams.max_steps or int(self.trainer.estimated_stepping_batches)
+        warmup, schedule = self.hparams.warmup_steps, self.hparams.schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = trainable_names(self)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        check_keys(set(checkpoint["state_dict"]), keys, "being saved")
+        checkpoint[FINGERPRINT_KEY] = self.fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        if FINGERPRINT_KEY not in checkpoint:
+            raise CheckpointError(f"{path} is not a train.py checkpoint (no {FINGERPRINT_KEY!r} entry)")
+        check_fingerprint(checkpoint[FINGERPRINT_KEY], self.fingerprint, path)
+        check_keys(set(checkpoint["state_dict"]), trainable_names(self), path)

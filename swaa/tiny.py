@@ -1,0 +1,37 @@
+"""Tiny randomly initialised Llama / Qwen3 models from a `tiny:<family>:<layers>:<vocab>` spec (smoke runs, tests)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+
+FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM, {}), "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16})}
+SPEC_HELP = "'tiny:<family>:<layers>:<vocab>' with family in " + str(sorted(FAMILIES)) + ", e.g. 'tiny:llama:2:49152'"
+
+
+def is_tiny_spec(spec: str | None) -> bool:
+    return isinstance(spec, str) and spec.startswith("tiny:")
+
+
+def parse_tiny_spec(spec: str) -> tuple[str, int, int]:
+    """(family, layers, vocab_size) from a spec; malformed specs raise with the expected form."""
+    parts = spec.split(":")
+    if len(parts) != 4 or parts[1] not in FAMILIES or not parts[2].isdigit() or not parts[3].isdigit():
+        raise ValueError(f"model={spec!r}: expected {SPEC_HELP}")
+    layers, vocab = int(parts[2]), int(parts[3])
+    if layers < 1 or vocab < 2:
+        raise ValueError(f"model={spec!r}: need layers >= 1 and vocab >= 2")
+    return parts[1], layers, vocab
+
+
+def build_tiny_model(spec: str, seed: int = 0) -> PreTrainedModel:
+    """A CPU model (hidden 64, 4 query / 2 KV heads) in the default dtype; its weights depend on `seed` only."""
+    family, layers, vocab = parse_tiny_spec(spec)
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                        attn_implementation="sdpa", **extra)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model.eval()

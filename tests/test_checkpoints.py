@@ -1,0 +1,125 @@
+"""Checkpoints: only trainable weights + fingerprint, clear errors for foreign/damaged files, atomic writes,
+load_adapter and swaa.export."""
+
+import json
+import os
+
+import lightning.pytorch as L
+import pytest
+import torch
+from test_lit import TINY, make_trainer, random_batches
+from transformers import AutoModelForCausalLM
+
+from swaa.checkpoints import FINGERPRINT_KEY, CheckpointError, atomic_torch_save, load_adapter, read_checkpoint
+from swaa.export import export
+from swaa.integration import swaa_disabled
+from swaa.lit import SWAAFineTuner
+from swaa.lora import LoRASettings
+from swaa.tiny import build_tiny_model
+
+SWAA = {"window": 8, "sink": 2, "fa_decode": True}
+
+
+def module(**kwargs) -> SWAAFineTuner:
+    return SWAAFineTuner(**{"model": TINY, "swaa": SWAA, "lora": LoRASettings(rank=4), "lr": 1e-2, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A module trained 2 steps and its last.ckpt."""
+    root = tmp_path_factory.mktemp("trained")
+    L.seed_everything(0)
+    lit = module()
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    make_trainer(root, 2, callbacks=[ckpt], enable_checkpointing=True).fit(lit, random_batches())
+    return lit, root / "ckpt" / "last.ckpt"
+
+
+def resume(path, root, **kwargs) -> None:
+    make_trainer(root, 3).fit(module(**kwargs), random_batches(), ckpt_path=path)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_fingerprint(trained):
+    lit, path = trained
+    ckpt = read_checkpoint(path)
+    trainable = {n for n, p in lit.named_parameters() if p.requires_grad}
+    assert set(ckpt["state_dict"]) == trainable and all(".lora_" in k for k in trainable)
+    assert ckpt[FINGERPRINT_KEY] == {"model": TINY, "model_config": ckpt[FINGERPRINT_KEY]["model_config"],
+                                     "swaa": {**SWAA, "full_layers": []}, "lora": LoRASettings(rank=4).to_dict()}
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["global_step"] == 2
+    assert not [f for f in os.listdir(path.parent) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"swaa": {"window": 16}}, "swaa.window: checkpoint has 8, current run has 16"),
+    ({"lora": LoRASettings(rank=8)}, "lora.rank: checkpoint has 4, current run has 8"),
+    ({"model": "tiny:llama:3:128"}, "model: checkpoint has 'tiny:llama:2:128'"),
+])
+def test_resume_with_a_different_setup_is_refused(trained, tmp_path, change, message):
+    with pytest.raises(CheckpointError, match=message):
+        resume(trained[1], tmp_path, **change)
+
+
+def test_damaged_checkpoints_are_refused(trained, tmp_path):
+    data = trained[1].read_bytes()
+    truncated, garbage, partial = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt", tmp_path / "partial.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage.write_bytes(b"not a checkpoint" * 10)
+    ckpt = torch.load(trained[1], weights_only=True)
+    ckpt["state_dict"].popitem()
+    torch.save(ckpt, partial)
+    for path in (truncated, garbage):
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}: corrupt or truncated"):
+            resume(path, tmp_path)
+    with pytest.raises(CheckpointError, match="does not match the trainable parameters.*1 missing"):
+        resume(partial, tmp_path)
+    with pytest.raises(CheckpointError, match="does not match the trainable parameters.*1 missing"):
+        load_adapter(build_tiny_model(TINY), partial)
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not a train.py checkpoint"):
+        read_checkpoint(tmp_path / "foreign.ckpt")
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "a.ckpt"
+    atomic_torch_save({"x": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"x": torch.zeros(2), "bad": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["a.ckpt"]
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_load_adapter_and_export_reproduce_the_trained_model(trained, tmp_path):
+    lit, path = trained
+    ids = next(iter(random_batches()))["input_ids"]
+    with swaa_disabled(lit.base_model):
+        expected = logits(lit.model.eval(), ids)
+    assert not torch.allclose(expected, logits(build_tiny_model(TINY), ids))  # training changed the outputs
+    torch.testing.assert_close(logits(load_adapter(build_tiny_model(TINY), path), ids), expected)
+
+    merged = export(path, tmp_path / "merged", merge=True)
+    config = json.loads((merged / "config.json").read_text())
+    assert config["swaa"] == {**SWAA, "full_layers": []}
+    assert any(f.suffix == ".safetensors" for f in merged.iterdir())
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged), ids), expected)
+
+    adapter = export(path, tmp_path / "adapter")
+    assert (adapter / "adapter_config.json").is_file()
+    torch.testing.assert_close(logits(load_adapter(build_tiny_model(TINY), adapter), ids), expected)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export(path, adapter)
+
+
+def test_load_adapter_refuses_another_architecture(trained):
+    with pytest.raises(CheckpointError, match="model_config"):
+        load_adapter(build_tiny_model("tiny:llama:3:128"), trained[1])
