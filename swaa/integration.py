@@ -24,7 +24,7 @@ from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
 # Registered attention names. None may contain "flash": transformers reads such names as hub kernel requests.
-IMPLEMENTATIONS = {"reference": "swaa_reference", "flex": "swaa_flex", "flash": "swaa_varlen"}
+IMPLEMENTATIONS = {"reference": "swaa_reference", "flex": "swaa_flex", "flash": "swaa_varlen", "auto": "swaa_auto"}
 SUPPORTED = "Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' AttentionInterface"
 
 
@@ -146,13 +146,12 @@ def _warn_once_cached(message: str) -> None:
     log.warning(message)
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """'auto' -> 'flash' on CUDA in half precision (gradients go to 'flex'), 'flex' on CUDA in float32 (unless it
-    runs under autocast, which flash handles), 'reference' on CPU; other names are checked."""
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' stays 'auto' on CUDA (the router of swaa/attention/auto.py) and is 'reference' elsewhere."""
     if backend == "auto":
-        half = dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device.type)
-        choice = "reference" if device.type != "cuda" else "flash" if half else "flex"
-        _log_choice_once(choice, device.type)
+        choice = "auto" if device.type == "cuda" else "reference"
+        _log_choice_once("flex for SWA prefill, flash for full layers and decode" if choice == "auto" else choice,
+                         device.type)
         return choice
     if backend not in BACKENDS:
         raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
@@ -198,7 +197,7 @@ def apply_swaa(model: PreTrainedModel, config: SWAAConfig | None = None, backend
         raise ValueError(f"{type(model).__name__} is not supported: SWAA needs {SUPPORTED} "
                          f"(found attention layers {sorted(layers)} for {depth} decoder layers)")
     if config.enabled:
-        backend = resolve_backend(backend, model.device, model.dtype)
+        backend = resolve_backend(backend, model.device)
     model.config.swaa = config.to_dict()
     if not config.enabled:
         return model

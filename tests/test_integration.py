@@ -199,7 +199,7 @@ def test_bad_input_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["flex", "flash"])
+@pytest.mark.parametrize("backend", ["flex", "flash", "auto"])
 def test_cuda_backends_model_level(backend):
     """bf16 on the GPU: teacher-forced logits and generation logits of flex/flash close to the float32 reference."""
     cfg = SWAAConfig(window=16, sink=4, fa_decode=[0, 2], full_layers=[1])
@@ -224,8 +224,8 @@ def test_cuda_flash_under_autocast_and_auto_choice():
     ids, mask = batch((90, 140))
     ids, mask = ids.cuda(), mask.cuda()
     want = apply_swaa(tiny_model("llama").cuda(), cfg, backend="reference")(ids, attention_mask=mask).logits
-    model = apply_swaa(tiny_model("llama").cuda(), cfg)  # float32 on CUDA: auto picks flex
-    assert model.swaa_runtime.backend == "flex"
+    model = apply_swaa(tiny_model("llama").cuda(), cfg)
+    assert model.swaa_runtime.backend == "auto"
     apply_swaa(model, cfg, backend="flash")
     with torch.autocast("cuda", dtype=torch.bfloat16):  # float32 weights, bf16 attention
         got = model(ids, attention_mask=mask).logits.float()

@@ -1,7 +1,9 @@
 """SWAA attention backends, one function each with transformers' attention signature."""
 
+from swaa.attention.auto import auto_attention
 from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.reference import reference_attention
 
-BACKENDS = {"reference": reference_attention, "flex": flex_attention_fn, "flash": flash_attention_fn}
+BACKENDS = {"reference": reference_attention, "flex": flex_attention_fn, "flash": flash_attention_fn,
+            "auto": auto_attention}  # "auto" is the CUDA router; on CPU apply_swaa resolves auto to "reference"

@@ -1,0 +1,66 @@
+"""Accuracy (and optionally speed) of one model over a grid of SWAA configurations.
+
+`python evaluate.py` runs the default grid (configs/swaa/grid.yaml) on the embedded SmolLM2-135M-Instruct and
+writes results, tables and plots to results/. Finished cells are skipped when re-run with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from swaa.eval.report import markdown_table, summary_table, write_report
+from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, PRESETS, load_grid, parse_swaa_spec, run_grid
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="Hugging Face folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", help="LoRA adapter: a peft folder or a train.py .ckpt")
+    p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
+                                  f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
+    p.add_argument("--presets", default=str(PRESETS), help="SWAA presets YAML (default: %(default)s)")
+    p.add_argument("--tasks", nargs="+", help="synthetic tasks (default: from the grid)")
+    p.add_argument("--lengths", nargs="+", type=int, help="prompt lengths in tokens (default: from the grid)")
+    p.add_argument("--n", type=int, help="samples per task and length, or the first n of --data")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--data", help="evaluation file (.parquet or .jsonl) instead of synthetic tasks")
+    p.add_argument("--scorer", help="override every sample's scorer (e.g. contains, or judge with --judge-model)")
+    p.add_argument("--judge-model", help="model that judges answers when --scorer judge")
+    p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
+    p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        grid_file = args.swaa if args.swaa and args.swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
+        configs, settings = load_grid(grid_file, args.presets)
+        if args.swaa and grid_file == DEFAULT_GRID:
+            configs = parse_swaa_spec(args.swaa, args.presets)
+        if args.data:
+            settings.pop("tasks", None)
+            settings.pop("lengths", None)
+        settings.update({k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None})
+        records = run_grid(args.model, args.adapter, configs, scorer=args.scorer, data_file=args.data,
+                           judge_model=args.judge_model, speed=args.speed, out_dir=args.out, device=args.device,
+                           **settings)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"evaluate.py: error: {e}")
+    paths = write_report(records, args.out)
+    print(markdown_table(summary_table(records)))
+    print(f"results: {args.out}/results.jsonl (per-sample outputs in {args.out}/samples/)")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

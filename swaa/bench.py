@@ -1,0 +1,474 @@
+"""Model-level inference benchmark: prefill time, decode time per token, peak memory, KV-cache size per configuration.
+
+Random-weight models of a named shape; every configuration is checked against the float32 reference backend first.
+Run on a GPU: python -m swaa.bench --lengths 16384,32768 --out BENCHMARKS.json --markdown BENCHMARKS_model.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import datetime
+import functools
+import gc
+import inspect
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import transformers
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+
+from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
+from swaa.eval.results import write_atomic
+from swaa.integration import resolve_backend
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MIN_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-4}  # relative logits error always passes
+CHECK_ROWS = 256  # prefill rows compared in the correctness check (the last ones, beyond window + sink)
+CHECK_DECODE = 8  # decode steps compared after that prefill
+DEFAULT_CONFIGS = ("fa", "hf_sliding_flex", "swa_all", "swa_all_fad", "swa_half", "swa_half_fad", "swa_quarter",
+                   "swa_quarter_fad")
+BASELINE = "fa"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A model architecture with random weights: config class, model class, config fields."""
+
+    config_cls: type
+    model_cls: type
+    fields: dict[str, Any]
+    hf_sliding: bool  # the transformers model class honours layer_types="sliding_attention"
+
+
+SHAPES = {
+    "qwen3-4b": Shape(Qwen3Config, Qwen3ForCausalLM, dict(
+        num_hidden_layers=36, hidden_size=2560, intermediate_size=9728, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=128, vocab_size=151936, rope_theta=1e6, tie_word_embeddings=True), hf_sliding=True),
+    "smollm2": Shape(LlamaConfig, LlamaForCausalLM, dict(
+        num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+        head_dim=64, vocab_size=49152, rope_theta=1e5, rms_norm_eps=1e-5, tie_word_embeddings=True), hf_sliding=False),
+    "tiny": Shape(Qwen3Config, Qwen3ForCausalLM, dict(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=256), hf_sliding=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One benchmarked configuration: SWAA on a plain model, or transformers' own sliding window (`hf_window`)."""
+
+    name: str
+    swaa: SWAAConfig = SWAAConfig()
+    hf_window: int | None = None  # every layer "sliding_attention" with this window; SWAA stays off
+    attn_implementation: str = "sdpa"  # of the model before SWAA is applied
+
+    def __post_init__(self) -> None:
+        if self.hf_window is not None and (not isinstance(self.hf_window, int) or self.hf_window < 1):
+            raise ValueError(f"config {self.name!r}: hf_window={self.hf_window!r}: expected an int >= 1 or None")
+        if self.hf_window is not None and self.swaa.enabled:
+            raise ValueError(f"config {self.name!r}: set either hf_window (transformers' sliding window) or an SWAA "
+                             "window, not both")
+
+    @property
+    def tag(self) -> str:
+        if self.hf_window is not None:
+            return f"hf-w{self.hf_window}-{self.attn_implementation}"
+        return self.swaa.tag if self.swaa.enabled else f"fa-{self.attn_implementation}"
+
+    def reference(self, n_tokens: int) -> SWAAConfig:
+        """The SWAA config whose reference backend must reproduce this one on `n_tokens` tokens."""
+        if self.swaa.enabled:
+            return self.swaa
+        return SWAAConfig(window=self.hf_window or n_tokens)  # no window: W >= n is full attention
+
+    def check_length(self) -> int:
+        """Prompt length of the correctness check: CHECK_ROWS rows past the window and the sinks."""
+        window = self.swaa.window if self.swaa.enabled else self.hf_window
+        return CHECK_ROWS + (window + self.swaa.sink if window else CHECK_ROWS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "tag": self.tag, "swaa": self.swaa.to_dict(), "hf_window": self.hf_window,
+                "attn_implementation": self.attn_implementation}
+
+
+def builtin_configs(window: int, sink: int) -> dict[str, BenchConfig]:
+    """The named configurations, with window W and sink S for every SWAA one."""
+    configs = [BenchConfig("fa"),
+               BenchConfig("hf_sliding_flex", hf_window=window, attn_implementation="flex_attention"),
+               BenchConfig("hf_sliding_sdpa", hf_window=window)]
+    for name, full_layers in (("swa_all", []), ("swa_half", "odd"), ("swa_quarter", "every:4:from:3")):
+        for suffix, fa_decode in (("", False), ("_fad", True)):
+            configs.append(BenchConfig(name + suffix, SWAAConfig(window, sink, fa_decode, full_layers)))
+    return {c.name: c for c in configs}
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside JSON brackets or strings."""
+    parts, depth, in_str, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
+            in_str = not in_str
+        elif not in_str and ch in "{[":
+            depth += 1
+        elif not in_str and ch in "}]":
+            depth -= 1
+        elif not in_str and depth == 0 and ch == ",":
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_configs(spec: str, window: int, sink: int, presets_path: str | Path) -> list[BenchConfig]:
+    """`name,name=json,...`: built-in names, preset names (from `presets_path`), or JSON of SWAAConfig fields plus
+    optional `hf_window` / `attn_implementation`."""
+    builtins, presets, configs = builtin_configs(window, sink), None, []
+    for item in _split_top_level(spec):
+        name, sep, body = item.partition("=")
+        name = name.strip()
+        if sep:
+            try:
+                fields = json.loads(body)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--configs entry {item!r}: invalid JSON ({e})") from e
+            if not isinstance(fields, dict):
+                raise ValueError(f"--configs entry {item!r}: expected a JSON object of SWAA fields")
+            extra = {k: fields.pop(k) for k in ("hf_window", "attn_implementation") if k in fields}
+            configs.append(BenchConfig(name, SWAAConfig.from_dict(fields), **extra))
+        elif name in builtins:
+            configs.append(builtins[name])
+        else:
+            presets = load_presets(presets_path) if presets is None else presets
+            if name not in presets:
+                raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets in "
+                                 f"{presets_path}: {sorted(presets)}, or give name=JSON")
+            configs.append(BenchConfig(name, presets[name]))
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--configs: duplicate config names in {names}")
+    return configs
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
+                seed: int = 0) -> PreTrainedModel:
+    """Random weights (the same for every config), created directly on `device` in `dtype`."""
+    spec = SHAPES[shape]
+    fields = dict(spec.fields, max_position_embeddings=max_positions, attn_implementation=cfg.attn_implementation)
+    if cfg.hf_window is not None:
+        fields.update(layer_types=["sliding_attention"] * fields["num_hidden_layers"], sliding_window=cfg.hf_window,
+                      use_sliding_window=True)
+    config = spec.config_cls(**fields)
+    if cfg.hf_window is not None and (config.sliding_window != cfg.hf_window
+                                      or set(config.layer_types) != {"sliding_attention"}):
+        raise RuntimeError(f"{spec.config_cls.__name__} dropped the sliding window (sliding_window="
+                           f"{config.sliding_window}, layer_types={set(config.layer_types)})")
+    torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        model = spec.model_cls(config)
+    return model.eval()
+
+
+def unsupported_reason(cfg: BenchConfig, shape: str, device: torch.device) -> str | None:
+    """Why this config cannot run here (not a failure: nothing to check or time), or None."""
+    if cfg.hf_window is not None and not SHAPES[shape].hf_sliding:
+        return f"{SHAPES[shape].model_cls.__name__} has no sliding-window layers in transformers"
+    if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
+        return "transformers' flex_attention is compiled with inductor, which fails on CPU (use hf_sliding_sdpa)"
+    return None
+
+
+def prepare(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> None:
+    """Apply the config's SWAA (if any) with `backend`; transformers' own sliding window needs nothing."""
+    if cfg.swaa.enabled:
+        apply_swaa(model, cfg.swaa, backend=backend)
+
+
+@functools.cache
+def _cache_argument(model_cls: type) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 knows only the old one."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache, keep: int) -> torch.Tensor:
+    """Logits (B, keep, V) of the last `keep` positions, extending `cache`."""
+    return model(ids, use_cache=True, logits_to_keep=keep, **{_cache_argument(type(model)): cache}).logits
+
+
+def decode(model: PreTrainedModel, logits: torch.Tensor, cache: DynamicCache, steps: int) -> torch.Tensor:
+    """`steps` greedy decode steps from the last logits, one token per forward."""
+    for _ in range(steps):
+        logits = forward(model, logits[:, -1].argmax(-1, keepdim=True), cache, keep=1)
+    return logits
+
+
+def kv_cache_bytes(cache: DynamicCache) -> int:
+    """Bytes of the key and value tensors held in every cache layer."""
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def random_ids(vocab: int, length: int, device: torch.device, seed: int) -> torch.Tensor:
+    return torch.randint(vocab, (1, length), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def check_logits(model: PreTrainedModel, ids: torch.Tensor, prompt: int) -> torch.Tensor:
+    """float32 logits of the last CHECK_ROWS prompt rows, then of teacher-forced decode steps over ids[prompt:]."""
+    cache = DynamicCache(config=model.config)
+    logits = [forward(model, ids[:, :prompt], cache, keep=CHECK_ROWS)]
+    logits += [forward(model, ids[:, t:t + 1], cache, keep=1) for t in range(prompt, ids.shape[1])]
+    return torch.cat(logits, 1).float()
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+def check_config(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> dict[str, Any]:
+    """Apply `cfg` to the plain `model` and compare its logits with the reference backend in float32.
+
+    Passes if the error is at most twice that of the reference backend in the model's dtype (or MIN_TOLERANCE).
+    """
+    prompt = cfg.check_length()
+    ids = random_ids(model.config.vocab_size, prompt + CHECK_DECODE, model.device, seed=1)
+    reference_cfg = cfg.reference(prompt + CHECK_DECODE)
+    reference = apply_swaa(copy.deepcopy(model).float(), reference_cfg, backend="reference")
+    want = check_logits(reference, ids, prompt)
+    del reference
+    apply_swaa(model, reference_cfg, backend="reference")
+    baseline_error = relative_error(check_logits(model, ids, prompt), want)
+    remove_swaa(model)
+    prepare(model, cfg, backend)
+    error = relative_error(check_logits(model, ids, prompt), want)
+    tolerance = max(2 * baseline_error, MIN_TOLERANCE[model.dtype])
+    return {"check_tokens": prompt + CHECK_DECODE, "rel_error": error, "baseline_rel_error": baseline_error,
+            "tolerance": tolerance, "passed": error <= tolerance}
+
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - start) * 1e3, result
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    result = fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end), result
+
+
+def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int) -> dict[str, Any]:
+    """One prefill (timed) and `decode_tokens` greedy steps from its cache (timed as a whole)."""
+    device = ids.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cache = DynamicCache(config=model.config)
+    prefill_ms, logits = timed_ms(lambda: forward(model, ids, cache, keep=1), device)
+    kv_bytes = kv_cache_bytes(cache)
+    decode_ms, _ = timed_ms(lambda: decode(model, logits, cache, decode_tokens), device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"prefill_ms": prefill_ms, "decode_ms_per_token": decode_ms / decode_tokens, "kv_bytes": kv_bytes,
+            "peak_bytes": peak}
+
+
+def measure(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int,
+            device: torch.device) -> dict[str, Any]:
+    """Medians over `repeats` runs at one prompt length (every run listed too)."""
+    ids = random_ids(model.config.vocab_size, length, device, seed=length)
+    runs = [measure_once(model, ids, decode_tokens) for _ in range(repeats)]
+    peaks = [r["peak_bytes"] for r in runs]
+    return {"prefill_ms": statistics.median(r["prefill_ms"] for r in runs),
+            "decode_ms_per_token": statistics.median(r["decode_ms_per_token"] for r in runs),
+            "peak_mem_gib": None if None in peaks else max(peaks) / 2**30,
+            "kv_cache_mib": runs[-1]["kv_bytes"] / 2**20,
+            "prefill_ms_runs": [r["prefill_ms"] for r in runs],
+            "decode_ms_per_token_runs": [r["decode_ms_per_token"] for r in runs]}
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int,
+                 device: torch.device) -> dict[str, Any]:
+    """measure(), or status OOM when the device runs out of memory at this length."""
+    try:
+        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device)}
+    except torch.OutOfMemoryError:
+        log.warning("out of memory at length %d", length)
+    free_memory(device)
+    return {"status": "OOM"}
+
+
+def warm_up(model: PreTrainedModel, length: int, device: torch.device) -> None:
+    """One prefill and a few decode steps, so compilation and allocator growth stay out of the numbers."""
+    measure_once(model, random_ids(model.config.vocab_size, length, device, seed=0), decode_tokens=4)
+
+
+def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens: int, repeats: int,
+                 dtype: torch.dtype, device: torch.device, backend: str) -> list[dict[str, Any]]:
+    """Check one config, then time it at every length; one row per length."""
+    base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
+    reason = unsupported_reason(cfg, shape, device)
+    if reason:
+        log.warning("%s: unsupported here (%s)", cfg.name, reason)
+        return [{**base, "length": n, "status": "UNSUPPORTED", "note": reason} for n in lengths]
+    max_positions = max(*lengths, cfg.check_length()) + max(decode_tokens, CHECK_DECODE)
+    model = build_model(shape, cfg, dtype, device, max_positions)
+    with torch.no_grad():
+        try:
+            check = check_config(model, cfg, backend)
+        except Exception as e:  # a crash is a failed check: reported, not timed, the other configs still run
+            log.exception("%s: correctness check raised", cfg.name)
+            check = {"passed": False, "note": f"{type(e).__name__}: {e}"}
+        base.update(check)
+        if not check["passed"]:
+            log.error("%s FAILED the correctness check: not timed (%s)", cfg.name, check)
+            rows = [{**base, "length": n, "status": "FAILED"} for n in lengths]
+        else:
+            log.info("%s passed the check: rel. error %.2e (tolerance %.2e)", cfg.name, check["rel_error"],
+                     check["tolerance"])
+            warm_up(model, max(1, min(lengths) // 2), device)
+            rows = []
+            for n in lengths:
+                rows.append({**base, "length": n, **measure_cell(model, n, decode_tokens, repeats, device)})
+                log.info("%s", rows[-1])
+    del model
+    free_memory(device)
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Prefill and decode speedup of every timed row against the `fa` row of the same length (None without one)."""
+    fa = {r["length"]: r for r in rows if r["config"] == BASELINE and r["status"] == "ok"}
+    for r in rows:
+        ref = fa.get(r["length"]) if r["status"] == "ok" else None
+        r["prefill_speedup"] = ref["prefill_ms"] / r["prefill_ms"] if ref else None
+        r["decode_speedup"] = ref["decode_ms_per_token"] / r["decode_ms_per_token"] if ref else None
+
+
+def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
+        dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
+        backend: str = "auto") -> list[dict[str, Any]]:
+    """Benchmark every config in order at every length; rows with ratios against `fa`."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
+    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1:
+        raise ValueError(f"need lengths >= 1 (got {lengths}), decode_tokens >= 1 (got {decode_tokens}) and "
+                         f"repeats >= 1 (got {repeats})")
+    device = torch.device(device)
+    backend = resolve_backend(backend, device)
+    rows = [row for cfg in configs for row in bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype,
+                                                           device, backend)]
+    add_ratios(rows)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The results table, then one line of metadata."""
+    def fmt(value, spec: str, suffix: str = "") -> str:
+        return "n/a" if value is None else format(value, spec) + suffix
+
+    lines = ["| config | tag | length | prefill ms | prefill speedup vs FA | decode ms/token | decode speedup | "
+             "peak mem GiB | KV cache MiB | check rel. error |", "|" + "---|" * 10]
+    for r in rows:
+        check = fmt(r.get("rel_error"), ".1e")
+        if r["status"] != "ok":
+            cells = [r["status"]] + ["-"] * 5
+        else:
+            cells = [fmt(r["prefill_ms"], ".1f"), fmt(r["prefill_speedup"], ".2f", "x"),
+                     fmt(r["decode_ms_per_token"], ".2f"), fmt(r["decode_speedup"], ".2f", "x"),
+                     fmt(r["peak_mem_gib"], ".2f"), fmt(r["kv_cache_mib"], ".1f")]
+        lines.append(f"| {r['config']} | {r['tag']} | {r['length']} | " + " | ".join(cells) + f" | {check} |")
+    info = {k: v for k, v in meta.items() if k not in ("configs", "command", "model")}
+    return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + \
+        f"\n\ncommand: `{' '.join(meta['command'])}`\n"
+
+
+def metadata(args: argparse.Namespace, configs: list[BenchConfig], device: torch.device) -> dict[str, Any]:
+    return {"device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "dtype": args.dtype, "shape": args.shape,
+            "model": {"class": SHAPES[args.shape].model_cls.__name__, **SHAPES[args.shape].fields},
+            "backend": args.backend, "resolved_backend": resolve_backend(args.backend, device),
+            "window": args.window, "sink": args.sink,
+            "decode_tokens": args.decode_tokens, "repeats": args.repeats,
+            "timer": "CUDA events" if device.type == "cuda" else "perf_counter",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "configs": [c.to_dict() for c in configs], "command": args.command}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=_int_list, default=[16384, 32768, 65536, 131072])
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
+                             "(plus hf_window, attn_implementation)")
+    parser.add_argument("--presets", default="configs/swaa/presets.yaml")
+    parser.add_argument("--window", type=int, default=2048, help="W of the built-in configs")
+    parser.add_argument("--sink", type=int, default=64, help="S of the built-in SWAA configs")
+    parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-4b")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--backend", choices=["auto", "flex", "flash", "reference"], default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    args.command = list(sys.argv) if argv is None else [sys.argv[0], *argv]
+    args.dtype = args.dtype or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    device = torch.device(args.device)
+    configs = parse_configs(args.configs, args.window, args.sink, args.presets)
+    meta = metadata(args, configs, device)
+    rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats, DTYPES[args.dtype], device,
+               args.backend)
+    table = markdown(rows, meta)
+    if args.out:
+        write_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    if args.markdown:
+        write_atomic(args.markdown, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

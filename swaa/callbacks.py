@@ -1,0 +1,74 @@
+"""Validation by generation: greedy answers to the datamodule's validation samples, scored, logged as val/acc."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torchmetrics import MeanMetric
+
+from swaa.eval.generate import generate_answers
+from swaa.eval.scorers import score
+from swaa.eval.tasks import Sample
+
+log = logging.getLogger(__name__)
+
+
+class GenerationValidation(Callback):
+    """After every `every_n_val`-th validation, generate answers to up to `max_samples` of the datamodule's
+    `val_samples()` (or `val_prompts()`) with `pl_module.model` as configured (SWAA prefill + FA decode per its SWAA config) and log
+    `val/acc/<task>` and `val/acc`. Samples are split over ranks; the metrics are synced across them.
+    """
+
+    def __init__(self, every_n_val: int = 1, max_samples: int = 32, max_new_tokens: int = 32, batch_size: int = 8):
+        for name, value in (("every_n_val", every_n_val), ("max_samples", max_samples),
+                            ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GenerationValidation.{name}={value!r}: expected an int >= 1")
+        self.every_n_val = every_n_val
+        self.max_samples = max_samples
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.validations = 0
+
+    def _samples(self, trainer: L.Trainer) -> list[Sample]:
+        """The datamodule's val_samples(), or its val_prompts() dicts {prompt, answers, scorer[, task]}."""
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "val_samples"):
+            return list(datamodule.val_samples())[: self.max_samples]
+        if hasattr(datamodule, "val_prompts"):
+            prompts = datamodule.val_prompts()[: self.max_samples]
+            return [Sample(id=f"val-{i}", task=p.get("task", "val"), prompt=p["prompt"], answers=list(p["answers"]),
+                           scorer=p["scorer"]) for i, p in enumerate(prompts)]
+        raise ValueError(f"GenerationValidation needs a datamodule with val_samples() or val_prompts(); "
+                         f"{type(datamodule).__name__} has neither")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every_n_val:
+            return
+        samples = self._samples(trainer)
+        if not samples:
+            log.warning("GenerationValidation: the datamodule has no validation samples; nothing logged")
+            return
+        shard = samples[trainer.global_rank::trainer.world_size]
+        model, tokenizer = pl_module.model, trainer.datamodule.tokenizer
+        was_training = model.training
+        model.eval()
+        try:
+            predictions = generate_answers(model, tokenizer, [s.prompt for s in shard], self.max_new_tokens,
+                                           self.batch_size)
+        finally:
+            model.train(was_training)
+        per_task = {task: MeanMetric().to(pl_module.device) for task in dict.fromkeys(s.task for s in samples)}
+        overall = MeanMetric().to(pl_module.device)
+        for sample, prediction in zip(shard, predictions):
+            value = score(sample.scorer, prediction, sample.answers, sample.choices)
+            per_task[sample.task].update(value)
+            overall.update(value)
+        for task, metric in per_task.items():  # compute() syncs over ranks: same metrics, same order everywhere
+            pl_module.log(f"val/acc/{task}", metric.compute())
+        pl_module.log("val/acc", overall.compute(), prog_bar=True)

@@ -1,0 +1,119 @@
+"""Batched greedy generation of answers to chat prompts, and prefill/decode timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def chat_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of `prompt` as one user turn, ending with the assistant generation prompt."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T_max), rows right-aligned."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Stop tokens: the model's generation-config EOS ids and the tokenizer's EOS (chat end-of-turn)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to `prompts` (chat template, left padding), in the order of `prompts`.
+
+    Batches group prompts of similar token length; only the new tokens are decoded, special tokens skipped.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected an int >= 1")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before batched generation")
+    encoded = [chat_token_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    eos = _eos_ids(model, tokenizer)
+    answers: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        input_ids, attention_mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id, model.device)
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True)
+        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        for i, text in zip(idx, texts):
+            answers[i] = text.strip()
+    return answers
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of `fn` in ms: CUDA events on GPU, perf_counter elsewhere."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+@torch.inference_mode()
+def measure_speed(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    length: int,
+    new_tokens: int = 32,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Batch-1 timing on a random `length`-token prompt, after one warm-up: median prefill ms, decode ms/token.
+
+    Prefill is a 1-token generate (SWA prefill); decode is the extra time of `new_tokens` more tokens.
+    """
+    if length < 1 or new_tokens < 1 or repeats < 1:
+        raise ValueError(f"measure_speed: length={length}, new_tokens={new_tokens}, repeats={repeats} must be >= 1")
+    vocab = len(tokenizer) if tokenizer is not None else model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (1, length), generator=gen).to(model.device)
+    attention_mask = torch.ones_like(input_ids)
+
+    def run(n: int) -> None:
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0, use_cache=True)  # no padding: pad id unused
+
+    run(1 + new_tokens)  # warm-up
+    prefill, decode = [], []
+    for _ in range(repeats):
+        one = _time_ms(lambda: run(1), model.device)
+        total = _time_ms(lambda: run(1 + new_tokens), model.device)
+        prefill.append(one)
+        decode.append((total - one) / new_tokens)
+    return {"prefill_ms": statistics.median(prefill), "decode_ms_per_token": statistics.median(decode)}

@@ -1,0 +1,163 @@
+"""Tables (Markdown, CSV) and plots (PNG) from evaluation records: one row per model run and SWAA configuration."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from swaa.eval.results import write_atomic
+
+log = logging.getLogger(__name__)
+FA_TAG = "fa"
+
+
+def _run_label(key: dict[str, Any]) -> str:
+    model = Path(key["model"]).name
+    return model if key["adapter"] is None else f"{model} + {Path(key['adapter']).name}"
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record (long form); for a repeated (run, config, task, length) the last record wins."""
+    if not records:
+        raise ValueError("no evaluation records to report")
+    rows = []
+    for r in records:
+        key, speed = r["key"], r["speed"] or {}
+        rows.append({"run": _run_label(key), "config": r["config_name"], "tag": key["swaa_tag"], "task": key["task"],
+                     "length": key["length"], "cell": key["task"] if key["length"] is None else
+                     f"{key['task']}@{key['length']}", "accuracy": r["accuracy"], "stderr": r["stderr"], "n": r["n"],
+                     "n_unparsed": r["n_unparsed"], "prefill_ms": speed.get("prefill_ms", math.nan),
+                     "decode_ms_per_token": speed.get("decode_ms_per_token", math.nan)})
+    df = pd.DataFrame(rows)
+    dup = df.duplicated(["run", "config", "cell"], keep="last")
+    if dup.any():
+        log.warning("%d older records for the same (run, config, cell) were replaced by later ones", int(dup.sum()))
+    return df[~dup].reset_index(drop=True)
+
+
+def summary_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA', n, prefill ms per length.
+
+    '% of FA' is the mean relative to the mean of the run's full-attention config (tag 'fa'); n is the smallest
+    cell's sample count; 'mean se' assumes independent cells.
+    """
+    df = records_frame(records)
+    cells = list(dict.fromkeys(df["cell"]))
+    lengths = [x for x in dict.fromkeys(df["length"]) if x is not None and not pd.isna(x)]
+    table_rows = []
+    for (run, config), g in df.groupby(["run", "config"], sort=False):
+        by_cell = g.set_index("cell")
+        row: dict[str, Any] = {"run": run, "config": config, "tag": g["tag"].iloc[0]}
+        for cell in cells:
+            row[cell] = by_cell["accuracy"].get(cell, math.nan)
+            row[f"{cell} se"] = by_cell["stderr"].get(cell, math.nan)
+        row["mean"] = g["accuracy"].mean()
+        row["mean se"] = math.sqrt((g["stderr"] ** 2).sum()) / len(g)
+        row["n"] = int(g["n"].min())
+        for length in lengths:
+            row[f"prefill ms@{length}"] = g.loc[g["length"] == length, "prefill_ms"].median()
+        table_rows.append(row)
+    table = pd.DataFrame(table_rows)
+    fa_mean = table[table["tag"] == FA_TAG].groupby("run")["mean"].first()
+    table.insert(table.columns.get_loc("n"), "% of FA",
+                 [100 * m / fa_mean[r] if r in fa_mean and fa_mean[r] > 0 else math.nan
+                  for r, m in zip(table["run"], table["mean"])])
+    return table.dropna(axis=1, how="all")
+
+
+def _fmt(value: float, se: float | None = None) -> str:
+    if pd.isna(value):
+        return "-"
+    text = f"{100 * value:.1f}"
+    return text if se is None or pd.isna(se) else f"{text} ± {100 * se:.1f}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Markdown rendering of `summary_table`: accuracies in percent as 'acc ± stderr'."""
+    cells = [c for c in table.columns if f"{c} se" in table.columns and c != "mean"]
+    speed = [c for c in table.columns if c.startswith("prefill ms@")]
+    multi_run = table["run"].nunique() > 1
+    header = (["run"] if multi_run else []) + ["config", *cells, "mean", "% of FA", "n", *speed]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        values = ([row["run"]] if multi_run else []) + [row["config"]]
+        values += [_fmt(row[c], row[f"{c} se"]) for c in cells]
+        values += [_fmt(row["mean"], row["mean se"])]
+        pct = row.get("% of FA", math.nan)
+        values += ["-" if pd.isna(pct) else f"{pct:.0f}%", str(row["n"])]
+        values += ["-" if pd.isna(row[c]) else f"{row[c]:.0f}" for c in speed]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(records: list[dict[str, Any]]) -> Figure:
+    """Grouped bars per run: x = prompt length, one bar per configuration (mean over tasks, ± stderr)."""
+    df = records_frame(records)
+    df["length"] = df["length"].fillna("file")
+    runs = list(dict.fromkeys(df["run"]))
+    fig = Figure(figsize=(max(6.0, 1.2 * df["config"].nunique() * df["length"].nunique()), 3.5 * len(runs)))
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(len(runs), 1, i + 1)
+        g = df[df["run"] == run]
+        lengths, configs = list(dict.fromkeys(g["length"])), list(dict.fromkeys(g["config"]))
+        width = 0.8 / len(configs)
+        for j, config in enumerate(configs):
+            c = g[g["config"] == config].groupby("length", sort=False)
+            acc = c["accuracy"].mean().reindex(lengths)
+            se = c["stderr"].apply(lambda s: math.sqrt((s ** 2).sum()) / len(s)).reindex(lengths)
+            ax.bar([k + j * width for k in range(len(lengths))], 100 * acc, width, yerr=100 * se, label=config,
+                   capsize=2)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(lengths))], [str(x) for x in lengths])
+        ax.set(xlabel="prompt length (tokens)", ylabel="accuracy (%)", ylim=(0, 105), title=run)
+        ax.legend(fontsize="small", ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_speed(records: list[dict[str, Any]]) -> Figure | None:
+    """Accuracy vs prefill time per configuration, one marker series per length; None without speed data."""
+    df = records_frame(records).dropna(subset=["prefill_ms"])
+    if df.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    points = df.groupby(["run", "length", "config"], sort=False).agg(acc=("accuracy", "mean"),
+                                                                     ms=("prefill_ms", "median")).reset_index()
+    for (run, length), g in points.groupby(["run", "length"], sort=False):
+        label = f"{length} tokens" if points["run"].nunique() == 1 else f"{run}, {length} tokens"
+        ax.scatter(g["ms"], 100 * g["acc"], label=label)
+        for _, p in g.iterrows():
+            ax.annotate(p["config"], (p["ms"], 100 * p["acc"]), fontsize="x-small", xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set(xlabel="prefill time (ms)", ylabel="accuracy (%)", title="accuracy vs prefill time")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_atomic(path, buf.getvalue())
+
+
+def write_report(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """Write table.md, table.csv, accuracy.png and (with speed data) speed.png to `out_dir`; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summary_table(records)
+    paths = {"markdown": out / "table.md", "csv": out / "table.csv", "accuracy_plot": out / "accuracy.png"}
+    write_atomic(paths["markdown"], markdown_table(table))
+    write_atomic(paths["csv"], table.to_csv(index=False))
+    _save_png(plot_accuracy(records), paths["accuracy_plot"])
+    speed = plot_speed(records)
+    if speed is not None:
+        paths["speed_plot"] = out / "speed.png"
+        _save_png(speed, paths["speed_plot"])
+    return paths

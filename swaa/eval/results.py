@@ -1,0 +1,190 @@
+"""JSONL result store: one record per evaluation cell, keyed by every setting that can change its outcome.
+
+Records are appended atomically to `results.jsonl`; per-sample outputs go to `samples/<key-hash>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.jsonl"
+SAMPLES_DIR = "samples"
+KEY_FIELDS = ("model", "model_id", "adapter", "adapter_id", "swaa_tag", "swaa", "task", "length", "n", "seed",
+              "max_new_tokens", "prompt_template", "scorer", "data_id")
+"""Every field of a record key; two cells share a record only if all of them are equal."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def path_identity(path: str | Path | None) -> str | None:
+    """Hash of a file's or folder's identity: resolved path, and (relative name, size, mtime) of every file."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    return _digest(json.dumps([str(path), stats]))
+
+
+def text_identity(text: str | None) -> str | None:
+    """Short hash of a text such as a chat template; None stays None."""
+    return None if text is None else _digest(text)
+
+
+def make_key(**fields: Any) -> dict[str, Any]:
+    """A record key holding exactly KEY_FIELDS; a missing or unknown field is an error."""
+    missing, unknown = sorted(set(KEY_FIELDS) - set(fields)), sorted(set(fields) - set(KEY_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"record key: missing fields {missing}, unknown fields {unknown}; expected {KEY_FIELDS}")
+    return {name: fields[name] for name in KEY_FIELDS}
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return _digest(json.dumps(key, sort_keys=True))
+
+
+def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
+    """Mean and its standard error: binomial sqrt(p(1-p)/n) for 0/1 scores, sample std / sqrt(n) otherwise."""
+    n = len(scores)
+    if n == 0:
+        raise ValueError("cannot summarise an empty list of scores")
+    mean = sum(scores) / n
+    if all(s in (0, 1) for s in scores):
+        return mean, math.sqrt(mean * (1 - mean) / n)
+    if n == 1:
+        return mean, float("nan")
+    var = sum((s - mean) ** 2 for s in scores) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to a temp file next to `path`, fsync, then os.replace it into place."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as umask allows, unlike mkstemp's 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from e
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    if torn.strip():
+        log.warning("%s: ignoring a torn last line (%d bytes, no newline)", path, len(torn))
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON record ({e}); the results file is corrupt") from e
+    return records
+
+
+class ResultStore:
+    """Results of evaluation cells in `out_dir`; later records for the same key replace earlier ones."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.path = self.dir / RESULTS_FILE
+        self._records: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for record in read_jsonl(self.path):
+                self._records[record["key_hash"]] = record
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records.values())
+
+    def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        return self._records.get(key_hash(key))
+
+    def done(self, key: dict[str, Any]) -> bool:
+        return key_hash(key) in self._records
+
+    def add(
+        self,
+        key: dict[str, Any],
+        scores: list[float],
+        samples: list[dict[str, Any]],
+        time_s: float,
+        n_unparsed: int = 0,
+        speed: dict[str, float] | None = None,
+        config_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Summarise `scores`, write `samples` to their side file, append the record; returns it."""
+        if len(scores) != len(samples):
+            raise ValueError(f"{len(scores)} scores for {len(samples)} samples")
+        accuracy, stderr = accuracy_stderr(scores)
+        h = key_hash(key)
+        samples_file = Path(SAMPLES_DIR) / f"{h}.jsonl"
+        (self.dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+        write_atomic(self.dir / samples_file, "".join(json.dumps(s) + "\n" for s in samples))
+        record = {"key": key, "key_hash": h, "config_name": config_name or key["swaa_tag"], "accuracy": accuracy,
+                  "stderr": stderr, "n": len(scores), "n_unparsed": n_unparsed, "time_s": time_s, "speed": speed,
+                  "samples_file": str(samples_file), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._append(json.dumps(record) + "\n")
+        self._records[h] = record
+        return record
+
+    def _append(self, line: str) -> None:
+        """One os.write with O_APPEND, then fsync; a torn tail left by a crash is cut off first."""
+        self._truncate_torn_tail()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            data = line.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{self.path}: short write while appending a record")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _truncate_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: removing a torn last line (%d bytes)", self.path, len(data) - keep)
+            os.truncate(self.path, keep)
+
+
+def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Records from result folders or JSONL files (later records for the same key win)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    merged: dict[str, dict[str, Any]] = {}
+    for p in map(Path, paths):
+        file = p / RESULTS_FILE if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no results at {p} (expected a {RESULTS_FILE} file or a folder holding one)")
+        for record in read_jsonl(file):
+            merged[record["key_hash"]] = record
+    return list(merged.values())

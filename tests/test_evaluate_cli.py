@@ -1,0 +1,64 @@
+"""evaluate.py: bad input exits with a clear message before loading a model; a tiny run prints the table."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate
+from swaa.eval import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the error")
+    for name in ("load_model", "load_tokenizer", "_load_model", "_model_identity"):
+        monkeypatch.setattr(runner, name, forbidden)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "passkey", "bogus"], r"unknown task\(s\) \['bogus'\]"),
+    (["--swaa", "fa,bogus"], r"unknown SWAA preset 'bogus'"),
+    (["--scorer", "bogus"], r"unknown scorer 'bogus'"),
+    (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
+    (["--swaa", "missing_grid.yaml"], r"cannot read grid file missing_grid.yaml"),
+    (["--n", "0"], r"n=0: expected an int >= 1"),
+    (["--data", "q.jsonl", "--tasks", "passkey"], "a data file brings its own samples"),
+])
+def test_bad_input_exits_before_loading(no_loading, argv, message):
+    with pytest.raises(SystemExit, match=message) as exc:
+        evaluate.main(argv)
+    assert str(exc.value.code).startswith("evaluate.py: error:")
+
+
+def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"prompt": "q?"}\n')
+    with pytest.raises(SystemExit, match=r"missing field\(s\) 'answer' \(or 'answers'\)"):
+        evaluate.main(["--data", str(data)])
+    data.write_text("{not json\n")
+    with pytest.raises(SystemExit, match="cannot read it as jsonl"):
+        evaluate.main(["--data", str(data)])
+
+
+def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", "--tasks", "passkey", "--lengths", "256",
+                   "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| config | passkey@256 |" in out and "| fa |" in out and "| naive_swa |" in out
+    assert f"accuracy_plot: {tmp_path / 'accuracy.png'}" in out
+    assert (tmp_path / "results.jsonl").is_file() and (tmp_path / "table.csv").is_file()
+
+
+@pytest.mark.slow
+def test_default_run_on_smollm2(tmp_path):
+    """The real default grid on the embedded SmolLM2, with one sample per cell and one length."""
+    result = subprocess.run([sys.executable, "evaluate.py", "--n", "1", "--lengths", "1024", "--tasks", "passkey",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| sink_fa_decode_interleave_half |" in result.stdout and (tmp_path / "accuracy.png").is_file()

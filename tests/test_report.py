@@ -1,0 +1,85 @@
+"""Report tables (accuracy ± stderr, % of FA, n) and PNG plots from stored records."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from swaa import SWAAConfig
+from swaa.eval.report import markdown_table, records_frame, summary_table, write_report
+from swaa.eval.results import ResultStore, make_key
+
+CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
+SCORES = {"fa": [1, 1, 1, 0], "naive": [0, 0, 1, 0], "sink": [1, 1, 0, 0]}
+
+
+def _records(tmp_path, speed=True, adapter=None):
+    store = ResultStore(tmp_path)
+    for name, config in CONFIGS.items():
+        for task in ("passkey", "niah_single"):
+            for length in (1024, 2048):
+                key = make_key(model="/m/SmolLM2.gguf", model_id="id", adapter=adapter, adapter_id=None,
+                               swaa_tag=config.tag, swaa=config.to_dict(), task=task, length=length, n=4, seed=0,
+                               max_new_tokens=16, prompt_template="t", scorer="contains", data_id=None)
+                timing = {"prefill_ms": length / (1 if name == "fa" else 2), "decode_ms_per_token": 5.0}
+                store.add(key, [float(s) for s in SCORES[name]], [{}] * 4, 1.0, speed=timing if speed else None,
+                          config_name=name)
+    return store.records()
+
+
+def test_summary_table_values(tmp_path):
+    table = summary_table(_records(tmp_path)).set_index("config")
+    assert list(table.index) == ["fa", "naive", "sink"]
+    assert table.loc["fa", "passkey@1024"] == 0.75
+    assert table.loc["fa", "passkey@1024 se"] == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
+    assert table.loc["naive", "mean"] == 0.25
+    assert table.loc["naive", "mean se"] == pytest.approx(math.sqrt(4 * 0.75 * 0.25 / 4) / 4)
+    assert table.loc["fa", "% of FA"] == 100
+    assert table.loc["naive", "% of FA"] == pytest.approx(100 / 3)
+    assert table.loc["sink", "% of FA"] == pytest.approx(200 / 3)
+    assert (table["n"] == 4).all()
+    assert table.loc["sink", "prefill ms@2048"] == 1024
+
+
+def test_markdown_table(tmp_path):
+    md = markdown_table(summary_table(_records(tmp_path)))
+    lines = md.splitlines()
+    assert lines[0].startswith("| config | passkey@1024 | passkey@2048 | niah_single@1024 | niah_single@2048 | mean")
+    assert "% of FA" in lines[0] and "prefill ms@1024" in lines[0]
+    assert lines[2].startswith("| fa | 75.0 ± 21.7 |") and "| 100% | 4 |" in lines[2]
+    assert "| 33% |" in lines[3]
+
+
+def test_no_fa_row_and_multiple_runs(tmp_path):
+    records = [r for r in _records(tmp_path / "a", speed=False) if r["config_name"] != "fa"]
+    records += _records(tmp_path / "b", speed=False, adapter="/ckpt/lora")
+    table = summary_table(records)
+    assert set(table["run"]) == {"SmolLM2.gguf", "SmolLM2.gguf + lora"}
+    assert table.loc[table["run"] == "SmolLM2.gguf", "% of FA"].isna().all()
+    assert not any(c.startswith("prefill") for c in table.columns)
+    md = markdown_table(table)
+    assert md.splitlines()[0].startswith("| run | config |") and "| - |" in md
+
+
+def test_repeated_cell_keeps_the_last_record(tmp_path, caplog):
+    records = _records(tmp_path)
+    newer = dict(records[0], accuracy=0.0, key=dict(records[0]["key"], seed=1))
+    frame = records_frame([*records, newer])
+    assert "replaced" in caplog.text
+    assert frame.loc[(frame["config"] == "fa") & (frame["cell"] == "passkey@1024"), "accuracy"].item() == 0.0
+
+
+def test_write_report_files(tmp_path):
+    paths = write_report(_records(tmp_path), tmp_path / "report")
+    assert set(paths) == {"markdown", "csv", "accuracy_plot", "speed_plot"}
+    for name in ("accuracy_plot", "speed_plot"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["config"]) == ["fa", "naive", "sink"] and "% of FA" in csv.columns
+    assert paths["markdown"].read_text().startswith("| config |")
+    assert "speed_plot" not in write_report(_records(tmp_path / "nospeed", speed=False), tmp_path / "r2")
+
+
+def test_empty_records():
+    with pytest.raises(ValueError, match="no evaluation records"):
+        summary_table([])

@@ -1,0 +1,116 @@
+"""The JSONL result store: resume, no stale reuse, atomic appends and torn-line recovery."""
+
+import json
+import math
+import os
+
+import pytest
+
+from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, make_key,
+                               path_identity, read_jsonl)
+
+
+def _key(**changes):
+    fields = dict(model="m.gguf", model_id="id0", adapter=None, adapter_id=None, swaa_tag="w256",
+                  swaa={"window": 256, "sink": 0, "fa_decode": False, "full_layers": []}, task="passkey",
+                  length=1024, n=4, seed=0, max_new_tokens=16, prompt_template="t0", scorer="contains", data_id=None)
+    fields.update(changes)
+    return make_key(**fields)
+
+
+def _add(store, key, scores=(1.0, 0.0, 1.0, 1.0)):
+    return store.add(key, list(scores), [{"i": i} for i in range(len(scores))], time_s=0.5)
+
+
+def test_accuracy_stderr_binomial_and_continuous():
+    assert accuracy_stderr([1, 0, 1, 1]) == (0.75, pytest.approx(math.sqrt(0.75 * 0.25 / 4)))
+    mean, se = accuracy_stderr([0.5, 1.0, 0.0])
+    assert mean == 0.5 and se == pytest.approx(0.5 / math.sqrt(3))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy_stderr([])
+
+
+def test_add_then_resume_from_disk(tmp_path):
+    store = ResultStore(tmp_path)
+    key = _key()
+    assert not store.done(key)
+    record = _add(store, key)
+    assert record["accuracy"] == 0.75 and record["n"] == 4 and record["config_name"] == "w256"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / record["samples_file"]).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    samples = (tmp_path / record["samples_file"]).read_text().splitlines()
+    assert [json.loads(s) for s in samples] == [{"i": i} for i in range(4)]
+    reopened = ResultStore(tmp_path)
+    assert reopened.done(key) and reopened.get(key)["accuracy"] == 0.75
+    assert load_records(tmp_path) == reopened.records()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model_id", "id1"), ("adapter", "lora"), ("adapter_id", "a1"), ("swaa_tag", "w512"),
+    ("swaa", {"window": 256, "sink": 4, "fa_decode": False, "full_layers": []}), ("task", "niah_single"),
+    ("length", 2048), ("n", 8), ("seed", 1), ("max_new_tokens", 32), ("prompt_template", "t1"), ("scorer", "all_of"),
+    ("data_id", "d1"), ("model", "other.gguf"),
+])
+def test_any_changed_setting_is_a_new_cell(tmp_path, field, value):
+    store = ResultStore(tmp_path)
+    _add(store, _key())
+    assert field in KEY_FIELDS
+    assert not ResultStore(tmp_path).done(_key(**{field: value}))
+
+
+def test_make_key_rejects_missing_and_unknown_fields():
+    fields = dict(_key())
+    del fields["seed"]
+    with pytest.raises(ValueError, match=r"missing fields \['seed'\]"):
+        make_key(**fields)
+    with pytest.raises(ValueError, match=r"unknown fields \['temperature'\]"):
+        make_key(**_key(), temperature=0.0)
+
+
+def test_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path, caplog):
+    store = ResultStore(tmp_path)
+    first = _key()
+    _add(store, first)
+    with open(store.path, "ab") as f:  # a crash in the middle of a write
+        f.write(b'{"key": {"model": "m.gg')
+    reopened = ResultStore(tmp_path)
+    assert "torn last line" in caplog.text
+    assert reopened.done(first) and len(reopened.records()) == 1
+    second = _key(seed=1)
+    _add(reopened, second)
+    lines = store.path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+    assert {r["key_hash"] for r in read_jsonl(store.path)} == {key_hash(first), key_hash(second)}
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key_hash": "a"}\nnot json\n{"key_hash": "b"}\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:2: not a JSON record"):
+        ResultStore(tmp_path)
+
+
+def test_later_record_for_the_same_key_wins(tmp_path):
+    store = ResultStore(tmp_path)
+    _add(store, _key(), scores=[0.0, 0.0])
+    _add(store, _key(), scores=[1.0, 1.0])
+    assert [r["accuracy"] for r in ResultStore(tmp_path).records()] == [1.0]
+
+
+def test_path_identity_tracks_file_changes(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    before = path_identity(folder)
+    assert path_identity(folder) == before
+    (folder / "weights.bin").write_bytes(b"123")
+    assert path_identity(folder) != before
+    assert path_identity(None) is None
+    with pytest.raises(FileNotFoundError, match="missing"):
+        path_identity(tmp_path / "missing")
+
+
+def test_load_records_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results at"):
+        load_records(tmp_path / "nowhere")

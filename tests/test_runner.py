@@ -1,0 +1,155 @@
+"""run_grid end to end with a tiny model: records, resume, no stale reuse; bad input fails before model loading."""
+
+import json
+
+import pytest
+
+from conftest import tiny_model
+from swaa import SWAAConfig
+from swaa.eval import runner
+from swaa.eval.report import markdown_table, summary_table
+from swaa.eval.runner import DEFAULT_GRID, PRESETS, load_grid, parse_swaa_spec, run_grid
+
+CONFIGS = {"fa": SWAAConfig(), "swa": SWAAConfig(window=32, sink=2, fa_decode=True)}
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_tokenizer):
+    return tiny_model(vocab_size=len(smollm2_tokenizer), layers=2)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model or tokenizer load fails the test: errors must come first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the error")
+    for name in ("load_model", "load_tokenizer", "_load_model"):
+        monkeypatch.setattr(runner, name, forbidden)
+
+
+def _run(model, tokenizer, out, **overrides):
+    args = dict(configs=CONFIGS, tasks=["passkey"], lengths=[256], n=2, max_new_tokens=4, batch_size=2,
+                out_dir=out, model=model, tokenizer=tokenizer, model_id="tiny-llama-2", progress=False)
+    args.update(overrides)
+    return run_grid(**args)
+
+
+def test_run_grid_records_resume_and_table(model, smollm2_tokenizer, tmp_path, monkeypatch):
+    records = _run(model, smollm2_tokenizer, tmp_path, tasks=["passkey", "niah_single"])
+    assert [(r["config_name"], r["key"]["task"], r["key"]["length"]) for r in records] == [
+        ("fa", "passkey", 256), ("fa", "niah_single", 256), ("swa", "passkey", 256), ("swa", "niah_single", 256)]
+    assert all(r["n"] == 2 and 0 <= r["accuracy"] <= 1 and r["key"]["scorer"] == "contains" for r in records)
+    assert records[2]["key"]["swaa"] == CONFIGS["swa"].to_dict() and records[2]["key"]["swaa_tag"] == "w32-s2-fad"
+    samples = [json.loads(line) for line in (tmp_path / records[0]["samples_file"]).read_text().splitlines()]
+    assert [s["id"] for s in samples] == ["passkey-256-eval-s0-0", "passkey-256-eval-s0-1"]
+    assert all(isinstance(s["prediction"], str) and s["answers"] for s in samples)
+    assert "| fa |" in markdown_table(summary_table(records))
+    assert "swaa" not in model.config.to_dict()  # remove_swaa ran after the last config
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished cell was generated again")
+    monkeypatch.setattr(runner, "generate_answers", no_generation)
+    again = _run(model, smollm2_tokenizer, tmp_path, tasks=["passkey", "niah_single"])
+    assert [r["key_hash"] for r in again] == [r["key_hash"] for r in records]
+    with pytest.raises(AssertionError, match="generated again"):
+        _run(model, smollm2_tokenizer, tmp_path, tasks=["passkey", "niah_single"], max_new_tokens=5)
+
+
+def test_speed_is_measured_and_requested_later(model, smollm2_tokenizer, tmp_path):
+    configs = {"fa": SWAAConfig()}
+    first = _run(model, smollm2_tokenizer, tmp_path, configs=configs)
+    assert first[0]["speed"] is None
+    timed = _run(model, smollm2_tokenizer, tmp_path, configs=configs, speed=True)
+    assert timed[0]["speed"]["prefill_ms"] > 0 and timed[0]["speed"]["decode_ms_per_token"] > 0
+
+
+def test_data_file_cells(model, smollm2_tokenizer, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "answer": w}) for w in ("yes", "no", "maybe")))
+    records = _run(model, smollm2_tokenizer, tmp_path / "out", tasks=None, lengths=None, data_file=data, n=2,
+                   configs={"fa": SWAAConfig()}, scorer="exact")
+    assert len(records) == 1
+    assert records[0]["key"]["task"] == "qa" and records[0]["key"]["length"] is None and records[0]["n"] == 2
+    assert records[0]["key"]["scorer"] == "exact" and records[0]["key"]["data_id"] is not None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(tasks=["passkey", "nope"]), r"unknown task\(s\) \['nope'\]; allowed: passkey"),
+    (dict(scorer="fuzzy"), r"unknown scorer 'fuzzy'; allowed: exact, contains"),
+    (dict(scorer="judge"), "the judge scorer needs a judge model"),
+    (dict(n=0), r"n=0: expected an int >= 1"),
+    (dict(lengths=[0]), r"lengths \[0\]: expected ints >= 1"),
+    (dict(configs={}), "configs: expected a non-empty mapping"),
+    (dict(data_file="x.jsonl"), "a data file brings its own samples"),
+    (dict(tasks=None), "give tasks and lengths"),
+])
+def test_bad_settings_fail_before_loading(no_loading, tmp_path, overrides, message):
+    args = dict(configs=CONFIGS, tasks=["passkey"], lengths=[256], n=2, out_dir=tmp_path, progress=False)
+    args.update(overrides)
+    with pytest.raises(ValueError, match=message):
+        run_grid(**args)
+
+
+def test_bad_data_files_fail_before_loading(no_loading, tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"question": "q?", "answer": "a"}) + "\n")
+    with pytest.raises(ValueError, match=r"missing field\(s\) 'prompt' \(or 'context' and 'question'\)"):
+        run_grid(configs=CONFIGS, data_file=missing, out_dir=tmp_path)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="cannot read it as parquet"):
+        run_grid(configs=CONFIGS, data_file=broken, out_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_grid(configs=CONFIGS, data_file=tmp_path / "nowhere.jsonl", out_dir=tmp_path)
+
+
+def _model_folder(tmp_path, context):
+    folder = tmp_path / "model"
+    tiny_model(layers=1, max_position_embeddings=context).config.save_pretrained(folder)
+    return folder
+
+
+def test_length_beyond_context_fails_before_loading(no_loading, tmp_path):
+    with pytest.raises(ValueError, match=r"exceed the model context of 4096 tokens .*use lengths <= 4064"):
+        run_grid(_model_folder(tmp_path, 4096), configs=CONFIGS, tasks=["passkey"], lengths=[1024, 4090],
+                 max_new_tokens=32, out_dir=tmp_path)
+
+
+def test_prompt_tokens_beyond_context_fail_before_model_loading(smollm2_tokenizer, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+    monkeypatch.setattr(runner, "_load_model", forbidden)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "word " * 200, "answer": "a"}) + "\n")
+    with pytest.raises(ValueError, match=r"prompt lengths \{'long': 2\d\d\}"):
+        run_grid(_model_folder(tmp_path, 128), configs=CONFIGS, data_file=data, out_dir=tmp_path)
+
+
+def test_parse_swaa_spec():
+    assert list(parse_swaa_spec("fa, sink")) == ["fa", "sink"]
+    assert parse_swaa_spec('{"window": 64, "sink": 4}') == {"w64-s4": SWAAConfig(window=64, sink=4)}
+    assert parse_swaa_spec('{"mine": {"window": 64}, "base": "fa"}') == {"mine": SWAAConfig(window=64),
+                                                                         "base": SWAAConfig()}
+    with pytest.raises(ValueError, match=r"unknown SWAA preset 'nope'; presets in .*presets.yaml: \['fa'"):
+        parse_swaa_spec("fa,nope")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        parse_swaa_spec("{window: 1")
+    with pytest.raises(ValueError, match="SWAAConfig.window=0"):
+        parse_swaa_spec('{"window": 0}')
+
+
+def test_default_grid_names_existing_presets():
+    configs, settings = load_grid(DEFAULT_GRID, PRESETS)
+    assert "fa" in configs and len(configs) >= 4
+    assert set(settings) <= {"tasks", "lengths", "n", "seed", "max_new_tokens", "batch_size"}
+    assert all(t in runner.TASKS for t in settings["tasks"])
+
+
+def test_load_grid_errors(tmp_path):
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("configs: [fa]\ntemperature: 0.5\n")
+    with pytest.raises(ValueError, match=r"unknown grid key\(s\) \['temperature'\]"):
+        load_grid(bad)
+    with pytest.raises(ValueError, match="cannot read grid file"):
+        load_grid(tmp_path / "absent.yaml")
