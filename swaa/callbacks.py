@@ -36,9 +36,9 @@ class GenerationValidation(Callback):
         """The datamodule's val_samples(), or its val_prompts() dicts {prompt, answers, scorer[, task]}."""
         datamodule = trainer.datamodule
         if hasattr(datamodule, "val_samples"):
-            return list(datamodule.val_samples())[: self.max_samples]
+            return _spread(list(datamodule.val_samples()), self.max_samples)
         if hasattr(datamodule, "val_prompts"):
-            prompts = datamodule.val_prompts()[: self.max_samples]
+            prompts = _spread(datamodule.val_prompts(), self.max_samples)
             return [Sample(id=f"val-{i}", task=p.get("task", "val"), prompt=p["prompt"], answers=list(p["answers"]),
                            scorer=p["scorer"]) for i, p in enumerate(prompts)]
         raise ValueError(f"GenerationValidation needs a datamodule with val_samples() or val_prompts(); "
@@ -72,3 +72,10 @@ class GenerationValidation(Callback):
         for task, metric in per_task.items():  # compute() syncs over ranks: same metrics, same order everywhere
             pl_module.log(f"val/acc/{task}", metric.compute())
         pl_module.log("val/acc", overall.compute(), prog_bar=True)
+
+
+def _spread(items: list, k: int) -> list:
+    """Up to k items evenly spaced over the list, so that every task and length of an ordered set is represented."""
+    if len(items) <= k:
+        return items
+    return [items[i * len(items) // k] for i in range(k)]

@@ -90,3 +90,11 @@ def test_bad_arguments_and_datamodule(smollm2_tokenizer):
     module = SWAAFineTuner(model="tiny:llama:2:49152")
     with pytest.raises(ValueError, match="needs a datamodule with val_samples"):
         GenerationValidation().on_validation_epoch_end(_Stub(_Data(smollm2_tokenizer)), module)
+
+
+def test_max_samples_spreads_over_the_ordered_validation_set():
+    from swaa.callbacks import _spread
+    items = [f"{task}-{i}" for task in "abcd" for i in range(16)]
+    picked = _spread(items, 8)
+    assert len(picked) == 8 and {p[0] for p in picked} == set("abcd")
+    assert _spread(items[:3], 8) == items[:3]
