@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 log = logging.getLogger(__name__)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,6 +32,12 @@ def _from_pretrained_args(path: str | Path | None) -> tuple[str, dict]:
     if path.is_dir() and (path / "config.json").is_file():
         return str(path), {}
     raise FileNotFoundError(f"model {path}: expected a Hugging Face folder with config.json or a .gguf file")
+
+
+def load_config(path: str | Path | None = None) -> PretrainedConfig:
+    """The model's config (default: SmolLM2) without its weights, e.g. to check the context length first."""
+    name, kwargs = _from_pretrained_args(path)
+    return AutoConfig.from_pretrained(name, **kwargs)
 
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:

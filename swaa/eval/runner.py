@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.checkpoints import load_adapter
@@ -21,7 +21,7 @@ from swaa.eval.generate import chat_token_ids, generate_answers, measure_speed
 from swaa.eval.results import ResultStore, make_key, path_identity, text_identity
 from swaa.eval.scorers import SCORERS, JudgeScorer, score
 from swaa.eval.tasks import TASKS, Sample, make_samples
-from swaa.models import _from_pretrained_args, default_model_path, load_model, load_tokenizer
+from swaa.models import default_model_path, load_config, load_model, load_tokenizer
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,7 @@ def _model_identity(model_path: str | Path | None) -> tuple[str, str, int]:
     if is_tiny_spec(model_path):
         return str(model_path), str(model_path), build_tiny_model(str(model_path)).config.max_position_embeddings
     path = Path(model_path) if model_path is not None else default_model_path()
-    name, kwargs = _from_pretrained_args(path)
-    return str(path), path_identity(path), AutoConfig.from_pretrained(name, **kwargs).max_position_embeddings
+    return str(path), path_identity(path), load_config(path).max_position_embeddings
 
 
 def _load_model(model_path: str | Path | None, adapter: str | Path | None, device: str) -> PreTrainedModel | PeftModel:
