@@ -23,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
                                   f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
     p.add_argument("--presets", default=str(PRESETS), help="SWAA presets YAML (default: %(default)s)")
-    p.add_argument("--tasks", nargs="+", help="synthetic tasks (default: from the grid)")
-    p.add_argument("--lengths", nargs="+", type=int, help="prompt lengths in tokens (default: from the grid)")
+    p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
+    p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
     p.add_argument("--n", type=int, help="samples per task and length, or the first n of --data")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-new-tokens", type=int)
@@ -35,7 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
+    args.tasks = split(args.tasks)
+    try:
+        args.lengths = None if args.lengths is None else [int(v) for v in split(args.lengths)]
+    except ValueError:
+        p.error(f"--lengths: expected integers, got {' '.join(args.lengths)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,3 +62,9 @@ def test_default_run_on_smollm2(tmp_path):
                              "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| sink_fa_decode_interleave_half |" in result.stdout and (tmp_path / "accuracy.png").is_file()
+
+
+def test_lists_accept_commas_and_spaces():
+    from evaluate import parse_args
+    args = parse_args(["--tasks", "passkey,niah_single", "kv_retrieval", "--lengths", "1024,2048", "4096"])
+    assert args.tasks == ["passkey", "niah_single", "kv_retrieval"] and args.lengths == [1024, 2048, 4096]
