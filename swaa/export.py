@@ -47,8 +47,9 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
         if merge:
             trained.config.swaa = fingerprint["swaa"]
             trained.save_pretrained(tmp)
-            if not is_tiny_spec(spec):
-                load_tokenizer(None if spec.startswith("embedded:") else spec).save_pretrained(tmp)
+            # the tokenizer trained with: the model's own, or SmolLM2's for the embedded and tiny models
+            embedded = is_tiny_spec(spec) or spec.startswith("embedded:")
+            load_tokenizer(None if embedded else spec).save_pretrained(tmp)
         else:
             trained.save_pretrained(tmp)
         if out.exists():

@@ -111,6 +111,7 @@ def test_load_adapter_and_export_reproduce_the_trained_model(trained, tmp_path):
     config = json.loads((merged / "config.json").read_text())
     assert config["swaa"] == {**SWAA, "full_layers": []}
     assert any(f.suffix == ".safetensors" for f in merged.iterdir())
+    assert (merged / "tokenizer.json").is_file()  # evaluate.py --model merged needs it
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged), ids), expected)
 
     adapter = export(path, tmp_path / "adapter")
