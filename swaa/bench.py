@@ -28,6 +28,7 @@ import transformers
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
 from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
+from swaa.attention import BACKENDS
 from swaa.eval.results import write_atomic
 from swaa.integration import resolve_backend
 
@@ -446,7 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-4b")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--backend", choices=["auto", "flex", "flash", "reference"], default="auto")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     args.command = list(sys.argv) if argv is None else [sys.argv[0], *argv]

@@ -24,7 +24,8 @@ from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
 # Registered attention names. None may contain "flash": transformers reads such names as hub kernel requests.
-IMPLEMENTATIONS = {"reference": "swaa_reference", "flex": "swaa_flex", "flash": "swaa_varlen", "auto": "swaa_auto"}
+IMPLEMENTATIONS = {"reference": "swaa_reference", "chunked": "swaa_chunked", "flex": "swaa_flex", "flash": "swaa_varlen",
+                   "auto": "swaa_auto"}
 SUPPORTED = "Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' AttentionInterface"
 
 
@@ -147,9 +148,10 @@ def _warn_once_cached(message: str) -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' stays 'auto' on CUDA (the router of swaa/attention/auto.py) and is 'reference' elsewhere."""
+    """'auto' stays 'auto' on CUDA (the router of swaa/attention/auto.py) and is 'chunked' elsewhere (measured faster
+    than 'reference' and than FA on CPU, BENCHMARKS.md)."""
     if backend == "auto":
-        choice = "auto" if device.type == "cuda" else "reference"
+        choice = "auto" if device.type == "cuda" else "chunked"
         _log_choice_once("flex for SWA prefill, flash for full layers and decode" if choice == "auto" else choice,
                          device.type)
         return choice

@@ -96,7 +96,7 @@ class SWAAFineTuner(L.LightningModule):
                 'tiny:<family>:<layers>:<vocab>' for a tiny random Llama/Qwen3.
             swaa: SWAA config fields (window, sink, fa_decode, full_layers) or a preset name from
                 configs/swaa/presets.yaml; None trains with full attention.
-            backend: SWAA attention backend: auto, reference, flex or flash.
+            backend: SWAA attention backend: auto, reference, chunked, flex or flash.
             lora: LoRA adapters, or full_finetune.
             lr: peak learning rate of AdamW.
             weight_decay: AdamW weight decay.

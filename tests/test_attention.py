@@ -70,8 +70,9 @@ def check(name, device, dtype, seed, **shape):
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("name", ["reference", "flex"])
-def test_backend_matches_float64_cpu(name, seed):
+@pytest.mark.parametrize("name", ["reference", "chunked", "flex"])
+def test_backend_matches_float64_cpu(name, seed, monkeypatch):
+    monkeypatch.setattr("swaa.attention.chunked.BLOCK", 16)  # several query blocks per random case
     check(name, "cpu", torch.float32, seed)
 
 
@@ -90,7 +91,7 @@ def test_long_sequences_cuda(name, seed):
     check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
 
 
-@pytest.mark.parametrize("name", ["reference", "flex"])
+@pytest.mark.parametrize("name", ["reference", "chunked", "flex"])
 def test_gradients_match_float64(name):
     """Gradients of q, k, v against float64 autograd (flex on CPU routes backward to reference)."""
     device = "cuda" if CUDA else "cpu"

@@ -52,9 +52,10 @@ def test_window_none_and_disabled_identical_to_unpatched(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("backend", ["reference", "flex"])
-def test_teacher_forcing_equals_generation(family, backend):
+@pytest.mark.parametrize("backend", ["reference", "chunked", "flex"])
+def test_teacher_forcing_equals_generation(family, backend, monkeypatch):
     """Loss-time forward (answer rows from labels) gives the logits generate saw: SWA prefill, FA decode."""
+    monkeypatch.setattr("swaa.attention.chunked.BLOCK", 8)
     model = tiny_model(family)
     apply_swaa(model, CFG, backend=backend)
     ids, mask = batch()
