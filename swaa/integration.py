@@ -50,7 +50,7 @@ class SWAARuntime:
     """The live SWAA state of one model: config, per-layer kinds, backend, and the current forward's bookkeeping."""
 
     def __init__(self, model: PreTrainedModel, config: SWAAConfig, backend: str, sliding_cache: bool):
-        self.model, self.config, self.backend = model, config, backend
+        self.config, self.backend = config, backend
         self.kinds = config.layer_kinds(model.config.num_hidden_layers)
         self.original_impl = model.config._attn_implementation
         self.sliding_cache = sliding_cache and "swa" in self.kinds
