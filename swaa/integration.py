@@ -24,9 +24,10 @@ from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
 # Registered attention names. None may contain "flash": transformers reads such names as hub kernel requests.
-IMPLEMENTATIONS = {"reference": "swaa_reference", "chunked": "swaa_chunked", "flex": "swaa_flex", "flash": "swaa_varlen",
-                   "auto": "swaa_auto"}
-SUPPORTED = "Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' AttentionInterface"
+IMPLEMENTATIONS = {"reference": "swaa_reference", "chunked": "swaa_chunked", "flex": "swaa_flex",
+                   "flash": "swaa_varlen", "auto": "swaa_auto"}
+SUPPORTED = ("Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' "
+             "AttentionInterface")
 
 
 @dataclasses.dataclass

@@ -6,5 +6,6 @@ from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.reference import reference_attention
 
+# "auto" is the CUDA router; on other devices apply_swaa resolves "auto" to "chunked"
 BACKENDS = {"reference": reference_attention, "chunked": chunked_attention, "flex": flex_attention_fn,
-            "flash": flash_attention_fn, "auto": auto_attention}  # "auto": the CUDA router; on CPU apply_swaa picks "chunked"
+            "flash": flash_attention_fn, "auto": auto_attention}

@@ -132,10 +132,10 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     lse = q_t.new_full((b, lq, hq), float("-inf"), dtype=acc)
     if "bulk_call" in plan:
         c = plan["bulk_call"]
-        o, l = varlen(_pack(q_t, c.q_sel, c.q_span), ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k,
-                      scale, None, causal=False)
+        o, o_lse = varlen(_pack(q_t, c.q_sel, c.q_span), ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k,
+                          scale, None, causal=False)
         _unpack(out, c.q_sel, c.q_span, o)
-        _unpack(lse, c.q_sel, c.q_span, l.transpose(0, 1))
+        _unpack(lse, c.q_sel, c.q_span, o_lse.transpose(0, 1))
     edge = plan["edge"]
     if bool(edge.any()):
         rows = edge.nonzero(as_tuple=True)  # (batch index, query index) of each edge row
