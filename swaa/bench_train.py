@@ -16,13 +16,10 @@ import time
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
-from transformers import Qwen3Config, Qwen3ForCausalLM
-
 from swaa import SWAAConfig, apply_swaa
+from swaa.bench import SHAPES
 
 log = logging.getLogger(__name__)
-QWEN3_4B = dict(num_hidden_layers=36, hidden_size=2560, intermediate_size=9728, num_attention_heads=32,
-                num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=1e6, max_position_embeddings=131072)
 CONFIGS = {"fa": SWAAConfig(),
            "swa_all_fad": SWAAConfig(window=2048, sink=64, fa_decode=True),
            "swa_half_fad": SWAAConfig(window=2048, sink=64, fa_decode=True, full_layers="odd")}
@@ -30,9 +27,11 @@ CONFIGS = {"fa": SWAAConfig(),
 
 def build(layers: int, device: str):
     """Qwen3-4B-shaped model (random bf16 weights), LoRA r=16 on q/k/v, gradient checkpointing."""
-    config = Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": layers}, attn_implementation="sdpa")
+    shape = SHAPES["qwen3-4b"]  # the same architecture as the inference benchmark
+    config = shape.config_cls(**{**shape.fields, "num_hidden_layers": layers}, max_position_embeddings=131072,
+                              attn_implementation="sdpa")
     with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model = shape.model_cls(config).to(torch.bfloat16)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"]))
