@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapter", help="LoRA adapter: a peft folder or a train.py .ckpt")
     p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
                                   f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
+    p.add_argument("--configs", nargs="+", help="run only these configurations of the grid, by name")
     p.add_argument("--presets", default=str(PRESETS), help="SWAA presets YAML (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
     p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
-    args.tasks = split(args.tasks)
+    args.tasks, args.configs = split(args.tasks), split(args.configs)
     try:
         args.lengths = None if args.lengths is None else [int(v) for v in split(args.lengths)]
     except ValueError:
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         configs, settings = load_grid(grid_file, args.presets)
         if args.swaa and grid_file == DEFAULT_GRID:
             configs = parse_swaa_spec(args.swaa, args.presets)
+        if args.configs:
+            unknown = [name for name in args.configs if name not in configs]
+            if unknown:
+                raise ValueError(f"--configs: {unknown} not in the grid; it has {', '.join(configs)}")
+            configs = {name: configs[name] for name in args.configs}
         if args.data:
             settings.pop("tasks", None)
             settings.pop("lengths", None)

@@ -142,6 +142,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_file(path, map_location=map_location, weights_only=weights_only)
 
 
+def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path, lora: LoRASettings | None = None) -> None:
+    """Copy the trainable weights of the train.py checkpoint `path` into `model` (same architecture and LoRA settings)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint[FINGERPRINT_KEY]
+    current = {"model_config": config_hash(_base(model).config)}
+    if lora is not None:
+        current["lora"] = lora.to_dict()
+    check_fingerprint(saved, current, path)
+    state = {k.removeprefix(MODULE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    check_keys(set(state), trainable_names(model), path)
+    model.load_state_dict(state, strict=False)
+    log.info("loaded %d trained tensors from %s", len(state), path)
+
+
+def _base(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
     """`model` with trained weights from a peft adapter folder or a train.py .ckpt (LoRA: returns the peft model)."""
     path = Path(path)
@@ -149,13 +167,7 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
         if not (path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
         return PeftModel.from_pretrained(model, str(path))
-    checkpoint = read_checkpoint(path)
-    saved = checkpoint[FINGERPRINT_KEY]
-    current = {"model_config": config_hash(model.config)}
-    check_fingerprint(saved, current, path, fields=("model_config",))
-    model = add_lora(model, LoRASettings(**saved["lora"]))
-    state = {k.removeprefix(MODULE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
-    check_keys(set(state), trainable_names(model), path)
-    model.load_state_dict(state, strict=False)
-    log.info("loaded %d trained tensors from %s", len(state), path)
+    lora = LoRASettings(**read_checkpoint(path)[FINGERPRINT_KEY]["lora"])
+    model = add_lora(model, lora)
+    load_trained_weights(model, path, lora)
     return model

@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from swaa.attention import BACKENDS
 from swaa.attention.inputs import LayerInputs
-from swaa.cache import SinkWindowLayer
+from swaa.cache import SinkWindowLayer, SlotPlan
 from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class SWAARuntime:
             return
         w, s = self.config.window, self.config.sink
         positions = lambda: self.fwd.k_pos  # noqa: E731  (read at update time: the current forward's positions)
-        cache.layers = [SinkWindowLayer(w, s, positions) if kind == "swa" else DynamicLayer() for kind in self.kinds]
+        plan = SlotPlan(w, s, positions)
+        cache.layers = [SinkWindowLayer(plan) if kind == "swa" else DynamicLayer() for kind in self.kinds]
 
     # -- per layer call ------------------------------------------------------------------------------------------
     def layer_inputs(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> LayerInputs:
@@ -129,7 +130,10 @@ class SWAARuntime:
                                "shapes); call that model, not one of its submodules")
         layer = fwd.cache.layers[layer_idx] if isinstance(fwd.cache, DynamicCache) else None
         if isinstance(layer, SinkWindowLayer):
-            k_pos, layout = fwd.k_pos[:, layer.returned_slots], ("sink_window", key.shape[2])
+            layout = ("sink_window", key.shape[2])
+            k_pos = fwd.memo.get(layout)
+            if k_pos is None:  # the same slots in every SWA layer of this forward
+                k_pos = fwd.memo[layout] = fwd.k_pos[:, layer.returned_slots]
         else:
             k_pos, layout = fwd.k_pos, ("all",)
         if k_pos.shape[1] != key.shape[2]:

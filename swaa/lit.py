@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, make_fingerprint,
-                              trainable_names)
+from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, load_trained_weights,
+                              make_fingerprint, trainable_names)
 from swaa.config import SWAAConfig, load_presets
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
@@ -89,6 +89,7 @@ class SWAAFineTuner(L.LightningModule):
         gradient_checkpointing: bool = False,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
+        init_weights: str | None = None,
     ):
         """
         Args:
@@ -107,6 +108,8 @@ class SWAAFineTuner(L.LightningModule):
             distill_weight: weight of KL(FA teacher || student) on answer tokens added to the CE loss; the teacher is
                 the same weights with adapters disabled, under full attention.
             distill_temperature: softmax temperature of the distillation term.
+            init_weights: a train.py checkpoint of the same model and LoRA settings whose trained weights start this
+                run (e.g. the FA teacher's adapters, to SWAA-fine-tune it); `--ckpt_path` resumes instead.
         """
         super().__init__()
         self.swaa_config = resolve_swaa(swaa)
@@ -133,6 +136,8 @@ class SWAAFineTuner(L.LightningModule):
         device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self.model = build_model(self.hparams.model, self.swaa_config, self.hparams.backend, self.lora_settings,
                                  device, torch.get_default_dtype(), self.hparams.gradient_checkpointing).train()
+        if self.hparams.init_weights is not None:
+            load_trained_weights(self.model, self.hparams.init_weights, self.lora_settings)
         self.fingerprint = make_fingerprint(self.hparams.model, self.base_model.config, self.swaa_config,
                                             self.lora_settings)
 

@@ -124,3 +124,14 @@ def test_load_adapter_and_export_reproduce_the_trained_model(trained, tmp_path):
 def test_load_adapter_refuses_another_architecture(trained):
     with pytest.raises(CheckpointError, match="model_config"):
         load_adapter(build_tiny_model("tiny:llama:3:128"), trained[1])
+
+
+def test_init_weights_starts_a_new_run_from_a_checkpoint(trained):
+    lit, path = trained
+    started = module(swaa={"window": 4}, init_weights=str(path))  # another SWAA config: e.g. the FA teacher's
+    started.configure_model()
+    for name, p in lit.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(dict(started.named_parameters())[name], p)
+    with pytest.raises(CheckpointError, match="lora.rank: checkpoint has 4, current run has 8"):
+        module(lora=LoRASettings(rank=8), init_weights=str(path)).configure_model()

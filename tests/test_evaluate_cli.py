@@ -27,6 +27,7 @@ def no_loading(monkeypatch):
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
     (["--swaa", "missing_grid.yaml"], r"cannot read grid file missing_grid.yaml"),
     (["--n", "0"], r"n=0: expected an int >= 1"),
+    (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
     (["--data", "q.jsonl", "--tasks", "passkey"], "a data file brings its own samples"),
 ])
 def test_bad_input_exits_before_loading(no_loading, argv, message):
@@ -47,10 +48,11 @@ def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
 
 def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
-    evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", "--tasks", "passkey", "--lengths", "256",
-                   "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)])
+    evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa,sink", "--configs", "fa,naive_swa",
+                   "--tasks", "passkey", "--lengths", "256", "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "| config | passkey@256 |" in out and "| fa |" in out and "| naive_swa |" in out
+    assert "| sink |" not in out  # --configs picks from the grid
     assert f"accuracy_plot: {tmp_path / 'accuracy.png'}" in out
     assert (tmp_path / "results.jsonl").is_file() and (tmp_path / "table.csv").is_file()
 

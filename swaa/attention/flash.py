@@ -111,7 +111,9 @@ def _plan(x: LayerInputs) -> dict:
         # slot of each sink position j < S per row (B, S); rows reaching i >= W + S - 1 see all S sinks
         match = x.k_pos[:, None, :] == torch.arange(x.sink, device=x.k_pos.device)[None, :, None]
         bulk = sees_sink & (x.q_pos >= x.window + x.sink - 1)
-        plan["sink_idx"], plan["bulk"], plan["edge"] = match.int().argmax(-1), bulk, sees_sink & ~bulk
+        plan["sink_idx"] = match.int().argmax(-1)
+        edge = (sees_sink & ~bulk).nonzero(as_tuple=True)  # (batch, query) indices; host syncs once per forward
+        plan["edge_rows"] = edge if len(edge[0]) else None
         if bool(bulk.any()):
             has = bulk.any(1, keepdim=True).expand(-1, x.sink)
             plan["bulk_call"] = _plan_call(bulk, has)
@@ -136,9 +138,8 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
                           scale, None, causal=False)
         _unpack(out, c.q_sel, c.q_span, o)
         _unpack(lse, c.q_sel, c.q_span, o_lse.transpose(0, 1))
-    edge = plan["edge"]
-    if bool(edge.any()):
-        rows = edge.nonzero(as_tuple=True)  # (batch index, query index) of each edge row
+    if plan["edge_rows"] is not None:
+        rows = plan["edge_rows"]  # (batch index, query index) of each edge row
         q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)  # (E, Hkv, G, D)
         k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)  # (E, S, Hkv, D)
         scores = torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale
