@@ -376,8 +376,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
         dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
-        backend: str = "auto") -> list[dict[str, Any]]:
-    """Benchmark every config in order at every length; rows with ratios against `fa`."""
+        backend: str = "auto", on_config: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Benchmark every config in order at every length; rows with ratios against `fa`.
+
+    `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
     if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1:
@@ -385,9 +387,12 @@ def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_token
                          f"repeats >= 1 (got {repeats})")
     device = torch.device(device)
     backend = resolve_backend(backend, device)
-    rows = [row for cfg in configs for row in bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype,
-                                                           device, backend)]
-    add_ratios(rows)
+    rows = []
+    for cfg in configs:
+        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend)
+        add_ratios(rows)
+        if on_config is not None:
+            on_config(rows)
     return rows
 
 
@@ -461,14 +466,16 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
     meta = metadata(args, configs, device)
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        if args.out:
+            write_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        if args.markdown:
+            write_atomic(args.markdown, markdown(rows, meta))
+
     rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats, DTYPES[args.dtype], device,
-               args.backend)
-    table = markdown(rows, meta)
-    if args.out:
-        write_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    if args.markdown:
-        write_atomic(args.markdown, table)
-    print(table)
+               args.backend, on_config=save)
+    print(markdown(rows, meta))
 
 
 if __name__ == "__main__":
