@@ -142,8 +142,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_file(path, map_location=map_location, weights_only=weights_only)
 
 
-def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path, lora: LoRASettings | None = None) -> None:
-    """Copy the trainable weights of the train.py checkpoint `path` into `model` (same architecture and LoRA settings)."""
+def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path,
+                         lora: LoRASettings | None = None) -> None:
+    """Copy the trainable weights of train.py checkpoint `path` into `model` (same architecture and LoRA settings)."""
     checkpoint = read_checkpoint(path)
     saved = checkpoint[FINGERPRINT_KEY]
     current = {"model_config": config_hash(_base(model).config)}

@@ -49,7 +49,8 @@ def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
 def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
     evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa,sink", "--configs", "fa,naive_swa",
-                   "--tasks", "passkey", "--lengths", "256", "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)])
+                   "--tasks", "passkey", "--lengths", "256", "--n", "2", "--max-new-tokens", "3",
+                   "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "| config | passkey@256 |" in out and "| fa |" in out and "| naive_swa |" in out
     assert "| sink |" not in out  # --configs picks from the grid

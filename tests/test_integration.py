@@ -135,6 +135,8 @@ def test_sliding_cache_equals_full_cache_and_is_constant():
         cache = DynamicCache(config=model.config)
         seq, _ = greedy(model, ids2, mask2, new=15, past_key_values=cache)
         assert all(isinstance(layer, SinkWindowLayer) for layer in cache.layers)
+        assert len({id(layer.plan) for layer in cache.layers}) == 1  # one slot plan per step for all SWA layers
+        assert len({layer.keys.shape for layer in cache.layers}) == 1
         sizes.append(cache.layers[0].keys.shape[2])
         if length == 33:
             assert torch.equal(seq, want)

@@ -83,3 +83,13 @@ def test_write_report_files(tmp_path):
 def test_empty_records():
     with pytest.raises(ValueError, match="no evaluation records"):
         summary_table([])
+
+
+def test_percent_of_fa_compares_the_same_cells(tmp_path):
+    records = [r for r in _records(tmp_path) if not (r["config_name"] == "sink" and r["key"]["task"] == "niah_single")]
+    for r in records:
+        if r["config_name"] == "fa" and r["key"]["task"] == "niah_single":
+            r["accuracy"] = 0.0  # FA: 0.75 on passkey, 0 on niah_single; sink ran passkey only (0.5)
+    table = summary_table(records).set_index("config")
+    assert table.loc["sink", "% of FA"] == pytest.approx(100 * 0.5 / 0.75)
+    assert table.loc["naive", "% of FA"] == pytest.approx(100 * 0.25 / 0.375)

@@ -12,12 +12,14 @@ import importlib.util
 import logging
 
 import torch
+import torch.nn.functional as F
 
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.inputs import LayerInputs, layer_inputs
-from swaa.masks import flash_window
+from swaa.masks import flash_window, visible
 
 log = logging.getLogger(__name__)
+ALL_VISIBLE_MAX_QUERIES = 16  # calls with at most this many queries check for the unmasked case first
 
 
 @functools.cache
@@ -89,7 +91,17 @@ def _unpack(out: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, 
 
 
 def _plan(x: LayerInputs) -> dict:
-    """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys."""
+    """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys.
+
+    Decode steps that see every key given (e.g. batch 1 on a sink+window cache) need no split: one unmasked call;
+    full layers without padding are one plain causal call, FA's own kernel.
+    """
+    if x.kind == "full" and x.q_pos.shape == x.k_pos.shape and bool((x.k_pos >= 0).all()):
+        return {"sdpa": {"is_causal": True}}
+    if x.q_pos.shape[1] <= ALL_VISIBLE_MAX_QUERIES:
+        sees = visible(x.q_pos[:, :, None], x.k_pos[:, None, :], x.prompt_len[:, None, None], x.window, x.sink, x.kind)
+        if bool(sees.all()):
+            return {"sdpa": {"is_causal": False}}
     q_valid, k_valid = x.q_pos >= 0, x.k_pos >= 0
     full_row = q_valid if x.kind == "full" else q_valid & (x.q_pos >= x.prompt_len[:, None]) \
         if x.kind == "swa_fa_decode" else torch.zeros_like(q_valid)
@@ -172,6 +184,10 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
 def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen) -> torch.Tensor:
     """Window call for SWA rows, causal call for full rows, then the sink keys merged in by log-sum-exp."""
     plan = x.cached("flash", lambda: _plan(x))
+    if "sdpa" in plan:  # the unmasked or plain causal case
+        out = F.scaled_dot_product_attention(query, key, value, scale=scale, enable_gqa=query.shape[1] != key.shape[1],
+                                             **plan["sdpa"])
+        return out.transpose(1, 2).contiguous()
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     calls = plan["calls"]

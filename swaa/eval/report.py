@@ -44,10 +44,11 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 def summary_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA', n, prefill ms per length.
 
-    '% of FA' is the mean relative to the mean of the run's full-attention config (tag 'fa'); n is the smallest
-    cell's sample count; 'mean se' assumes independent cells.
+    '% of FA' is the mean relative to the mean of the run's full-attention config (tag 'fa') over the same cells;
+    n is the smallest cell's sample count; 'mean se' assumes independent cells.
     """
     df = records_frame(records)
+    fa = {run: g.set_index("cell")["accuracy"] for run, g in df[df["tag"] == FA_TAG].groupby("run")}
     cells = list(dict.fromkeys(df["cell"]))
     lengths = [x for x in dict.fromkeys(df["length"]) if x is not None and not pd.isna(x)]
     table_rows = []
@@ -58,17 +59,15 @@ def summary_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             row[cell] = by_cell["accuracy"].get(cell, math.nan)
             row[f"{cell} se"] = by_cell["stderr"].get(cell, math.nan)
         row["mean"] = g["accuracy"].mean()
+        fa_cells = fa[run].reindex(g["cell"]) if run in fa else None
+        row["% of FA"] = math.nan if fa_cells is None or fa_cells.isna().any() or fa_cells.mean() <= 0 \
+            else 100 * row["mean"] / fa_cells.mean()
         row["mean se"] = math.sqrt((g["stderr"] ** 2).sum()) / len(g)
         row["n"] = int(g["n"].min())
         for length in lengths:
             row[f"prefill ms@{length}"] = g.loc[g["length"] == length, "prefill_ms"].median()
         table_rows.append(row)
-    table = pd.DataFrame(table_rows)
-    fa_mean = table[table["tag"] == FA_TAG].groupby("run")["mean"].first()
-    table.insert(table.columns.get_loc("n"), "% of FA",
-                 [100 * m / fa_mean[r] if r in fa_mean and fa_mean[r] > 0 else math.nan
-                  for r, m in zip(table["run"], table["mean"])])
-    return table.dropna(axis=1, how="all")
+    return pd.DataFrame(table_rows).dropna(axis=1, how="all")
 
 
 def _fmt(value: float, se: float | None = None) -> str:
