@@ -138,15 +138,57 @@ def varlen_dense(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, causal=T
     return torch.cat(outs), torch.cat(lses, 1)
 
 
+def varlen_dense_backward(d_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, window_left, causal=True):
+    """Stand-in for the FA varlen backward: gradients from the given final out and LSE, like the kernel."""
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    g = q.shape[1] // k.shape[1]
+    for i in range(len(cu_q) - 1):
+        (a, b), (c, e) = (int(cu_q[i]), int(cu_q[i + 1])), (int(cu_k[i]), int(cu_k[i + 1]))
+        qs, ks, vs = q[a:b], k[c:e].repeat_interleave(g, 1), v[c:e].repeat_interleave(g, 1)
+        qi = torch.arange(b - a)[:, None] + (e - c) - (b - a)
+        kj = torch.arange(e - c)[None]
+        ok = (kj <= qi) if causal else torch.ones(b - a, e - c, dtype=torch.bool)
+        if window_left is not None:
+            ok = ok & (qi - kj <= window_left)
+        scores = (torch.einsum("qhd,khd->hqk", qs, ks) * scale).masked_fill(~ok, float("-inf"))
+        p = torch.exp(scores - lse[:, a:b, None])
+        d_s = p * (torch.einsum("qhd,khd->hqk", d_out[a:b], vs) - (d_out[a:b] * out[a:b]).sum(-1).T[..., None])
+        dq[a:b] = torch.einsum("hqk,khd->qhd", d_s, ks) * scale
+        dk[c:e] += (torch.einsum("hqk,qhd->khd", d_s, qs) * scale).unflatten(1, (-1, g)).sum(2)
+        dv[c:e] += torch.einsum("hqk,qhd->khd", p, d_out[a:b]).unflatten(1, (-1, g)).sum(2)
+    return dq, dk, dv
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_flash_backward_matches_float64(seed):
+    """Gradients of the split calls (window, causal, sink bulk and edge rows) from the merged out/LSE are exact."""
+    from swaa.attention.flash import flash_attention
+    rng = random.Random(seed)
+    (q, k, v), x = random_case(rng, "cpu", torch.float64)
+    mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
+    rows = (x.q_pos >= 0)[..., None, None].double()
+    weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(seed))
+    grads = []
+    for flash in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = flash_attention(*leaves, x, 0.25, varlen=varlen_dense, varlen_bwd=varlen_dense_backward) if flash \
+            else attention64(*leaves, mask, 0.25)
+        (out * rows * weight).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for g_got, g_want in zip(*grads):
+        assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_flash_planning_matches_float64(seed):
     """The flash backend's split into window/causal/sink calls and its LSE merge, with an exact stand-in kernel."""
-    from swaa.attention.flash import flash_forward
+    from swaa.attention.flash import flash_attention
     rng = random.Random(seed)
     (q, k, v), x = random_case(rng, "cpu", torch.float64)
     mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
     want = attention64(q, k, v, mask, 0.25)
-    got = flash_forward(q, k, v, x, 0.25, varlen=varlen_dense)
+    got = flash_attention(q, k, v, x, 0.25, varlen=varlen_dense)
     rows = (x.q_pos >= 0)[..., None, None]
     assert ((got - want).abs() * rows).max() < 1e-10, (seed, x.kind, x.window, x.sink)
 
@@ -154,7 +196,7 @@ def test_flash_planning_matches_float64(seed):
 @pytest.mark.parametrize("pads", [(0,), (0, 3)])
 def test_flash_decode_on_a_sink_window_cache(pads):
     """A decode step over sink + window keys: batch 1 sees every key (one unmasked call); a padded batch does not."""
-    from swaa.attention.flash import _plan, flash_forward
+    from swaa.attention.flash import _plan, flash_attention
     window, sink, n = 8, 2, 40  # n cache slots, row r left-padded by pads[r]; kept: any row's sinks, the last W
     slots = torch.cat([torch.arange(sink + max(pads)), torch.arange(n - window, n)])
     k_pos = torch.stack([torch.where(slots >= p, slots - p, -1) for p in pads])
@@ -165,12 +207,12 @@ def test_flash_decode_on_a_sink_window_cache(pads):
                for h, length in ((4, 1), (2, k_pos.shape[1]), (2, k_pos.shape[1])))
     want = attention64(q, k, v, dense_mask(q_pos, k_pos, x.prompt_len, window, sink, "swa"), 0.25)
     assert ("sdpa" in _plan(x)) == (len(pads) == 1)
-    assert (flash_forward(q, k, v, x, 0.25, varlen=varlen_dense) - want).abs().max() < 1e-10
+    assert (flash_attention(q, k, v, x, 0.25, varlen=varlen_dense) - want).abs().max() < 1e-10
 
 
 @pytest.mark.parametrize("pad", [0, 2])
 def test_flash_full_layer_without_padding_is_one_causal_call(pad):
-    from swaa.attention.flash import _plan, flash_forward
+    from swaa.attention.flash import _plan, flash_attention
     valid = torch.arange(20)[None] >= pad
     k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)
     x = LayerInputs(k_pos, k_pos, torch.tensor([5]), 8, 0, "full", ("all",), {})  # W unused by full layers
@@ -178,5 +220,5 @@ def test_flash_full_layer_without_padding_is_one_causal_call(pad):
     q, k, v = (torch.randn(1, h, 20, 16, generator=gen, dtype=torch.float64) for h in (4, 2, 2))
     want = attention64(q, k, v, dense_mask(k_pos, k_pos, x.prompt_len, None, 0, "full"), 0.25)
     assert (_plan(x).get("sdpa") == {"is_causal": True}) == (pad == 0)
-    got = flash_forward(q, k, v, x, 0.25, varlen=varlen_dense)
+    got = flash_attention(q, k, v, x, 0.25, varlen=varlen_dense)
     assert ((got - want).abs() * valid[..., None, None]).max() < 1e-10

@@ -1,7 +1,7 @@
-"""Windowed FlashAttention backend (CUDA, forward only): varlen window/causal calls, sinks merged by log-sum-exp.
+"""Windowed FlashAttention backend (CUDA): varlen window/causal calls, sinks merged by log-sum-exp.
 
-Uses Dao-AILab `flash_attn` when importable, else PyTorch's bundled kernel. With gradients required it hands the call
-to the `flex` backend (logged once), since the sink merge has no fused backward here.
+Forward uses Dao-AILab `flash_attn` when importable, else PyTorch's bundled kernel; backward uses PyTorch's bundled
+FA backward per call, given the merged output and LSE (exact: the softmax statistics are those of the whole row).
 """
 
 from __future__ import annotations
@@ -9,16 +9,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import logging
 
 import torch
 import torch.nn.functional as F
 
-from swaa.attention.flex import flex_attention_fn
 from swaa.attention.inputs import LayerInputs, layer_inputs
 from swaa.masks import flash_window, visible
 
-log = logging.getLogger(__name__)
 ALL_VISIBLE_MAX_QUERIES = 16  # calls with at most this many queries check for the unmasked case first
 
 
@@ -43,6 +40,18 @@ def flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, wind
         q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale,
         window_size_left=window_left, window_size_right=None if window_left is None else right)
     return out, lse
+
+
+def flash_varlen_backward(d_out, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, scale: float,
+                          window_left: int | None, causal: bool = True):
+    """FA backward of one `flash_varlen` call, given the row's final out and LSE (Hq, Tq) -> (dq, dk, dv)."""
+    right = 0 if causal else -1
+    no_rng = torch.empty(0, dtype=torch.int64, device=q.device)  # dropout 0: the kernel reads no RNG state
+    dq, dk, dv = torch.ops.aten._flash_attention_backward(
+        d_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse.contiguous(),
+        cu_q, cu_k, max_q, max_k, 0.0, causal, no_rng, no_rng, scale=scale, window_size_left=window_left,
+        window_size_right=None if window_left is None else right)
+    return dq, dk, dv
 
 
 @dataclasses.dataclass
@@ -163,6 +172,48 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     return out, lse
 
 
+def _sink_backward(d_out, q_t, k_t, v_t, out, lse, x: LayerInputs, plan: dict, scale: float, varlen_bwd, grads):
+    """Add the sink keys' share of the gradients to `grads` (dq, dk, dv), given the merged output and LSE."""
+    dq, dk, dv = grads
+    b, _, hq, d = q_t.shape
+    hkv = k_t.shape[2]
+    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
+    ks, vs = k_t.gather(1, idx), v_t.gather(1, idx)  # (B, S, Hkv, D)
+    dks, dvs = torch.zeros_like(ks, dtype=dk.dtype), torch.zeros_like(vs, dtype=dv.dtype)
+    if "bulk_call" in plan:
+        c = plan["bulk_call"]
+        g_q, g_k, g_v = varlen_bwd(*(_pack(t, c.q_sel, c.q_span) for t in (d_out, q_t)), ks[c.k_sel], vs[c.k_sel],
+                                   _pack(out, c.q_sel, c.q_span), _pack(lse, c.q_sel, c.q_span).transpose(0, 1),
+                                   c.cu_q, c.cu_k, c.max_q, c.max_k, scale, None, causal=False)
+        _accumulate(dq, c.q_sel, c.q_span, g_q)
+        dks[c.k_sel] += g_k.to(dks.dtype)
+        dvs[c.k_sel] += g_v.to(dvs.dtype)
+    if plan["edge_rows"] is not None:
+        rows = plan["edge_rows"]
+        acc = dq.dtype
+        q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)  # (E, Hkv, G, D)
+        k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)  # (E, S, Hkv, D)
+        ok = torch.arange(x.sink, device=q_t.device)[None, :] <= (x.q_pos[rows] - x.window)[:, None]  # (E, S)
+        scores = (torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale).masked_fill(~ok[:, None, None, :], float("-inf"))
+        p = torch.exp(scores - lse[rows].view(-1, hkv, hq // hkv, 1))  # probabilities within the whole row
+        d_o = d_out[rows].to(acc).view(q_e.shape)
+        d_s = p * (torch.einsum("ehgd,eshd->ehgs", d_o, v_e) - (d_o * out[rows].to(acc).view(q_e.shape)).sum(-1,
+                                                                                                      keepdim=True))
+        dq.index_put_(rows, torch.einsum("ehgs,eshd->ehgd", d_s, k_e).reshape(-1, hq, d) * scale, accumulate=True)
+        dks.index_put_((rows[0],), torch.einsum("ehgs,ehgd->eshd", d_s, q_e) * scale, accumulate=True)
+        dvs.index_put_((rows[0],), torch.einsum("ehgs,ehgd->eshd", p, d_o), accumulate=True)
+    dk.scatter_add_(1, idx, dks)
+    dv.scatter_add_(1, idx, dvs)
+
+
+def _accumulate(grad: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, packed: torch.Tensor) -> None:
+    """grad[selected positions] += packed rows (T, ...)."""
+    if span:
+        grad[0, span[0]:span[1]] += packed.to(grad.dtype)
+    else:
+        grad[sel] += packed.to(grad.dtype)
+
+
 def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Attention with transformers' signature; q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D)."""
     if query.device.type != "cuda":
@@ -172,28 +223,53 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
             raise ValueError(f"backend 'flash' needs float16 or bfloat16 inputs, got {query.dtype}; use 'flex'")
         half = torch.get_autocast_dtype("cuda")  # mixed precision: attention runs in the autocast dtype, like SDPA
         query, key, value = query.to(half), key.to(half), value.to(half)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        _warn_backward_fallback()
-        return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if dropout:
         raise ValueError(f"backend 'flash' does not support attention dropout (got {dropout})")
     x = layer_inputs(module, query, key)
-    return flash_forward(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling), None
+    return flash_attention(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling), None
 
 
-def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen) -> torch.Tensor:
-    """Window call for SWA rows, causal call for full rows, then the sink keys merged in by log-sum-exp."""
+def flash_attention(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen,
+                    varlen_bwd=flash_varlen_backward) -> torch.Tensor:
+    """SWAA attention (B, Lq, Hq, D) by FlashAttention calls; differentiable when the inputs require gradients."""
     plan = x.cached("flash", lambda: _plan(x))
     if "sdpa" in plan:  # the unmasked or plain causal case
         out = F.scaled_dot_product_attention(query, key, value, scale=scale, enable_gqa=query.shape[1] != key.shape[1],
                                              **plan["sdpa"])
         return out.transpose(1, 2).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        return _FlashSWAA.apply(query, key, value, x, plan, scale, varlen, varlen_bwd)
+    return flash_forward(query, key, value, x, plan, scale, varlen)[0]
+
+
+class _FlashSWAA(torch.autograd.Function):
+    """Backward of the split calls: each call's FA backward given the merged output and LSE gives exact gradients."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, x, plan, scale, varlen, varlen_bwd):
+        out, lse = flash_forward(query, key, value, x, plan, scale, varlen)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd = x, plan, scale, varlen_bwd
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        return (*flash_backward(d_out, query, key, value, out, lse, ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd),
+                None, None, None, None, None)
+
+
+def flash_forward(query, key, value, x: LayerInputs, plan: dict, scale: float, varlen=flash_varlen):
+    """Window call for SWA rows, causal call for full rows, then the sink keys merged in by log-sum-exp.
+
+    Returns out (B, Lq, Hq, D) and each row's log-sum-exp over all its keys (B, Lq, Hq; -inf for padding rows).
+    """
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     calls = plan["calls"]
     whole = len(calls) == 1 and next(iter(calls.values())).q_span == (0, lq)
     out = None if whole else query.new_zeros(b, lq, hq, d)
-    lse_swa = None
+    lse_all = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
     for name, c in calls.items():
         o, lse = varlen(_pack(q_t, c.q_sel, c.q_span), _pack(k_t, c.k_sel, c.k_span), _pack(v_t, c.k_sel, c.k_span),
                         c.cu_q, c.cu_k, c.max_q, c.max_k, scale, flash_window(x.window)[0] if name == "swa" else None)
@@ -201,17 +277,29 @@ def flash_forward(query, key, value, x: LayerInputs, scale: float, varlen=flash_
             out = o.view(b, lq, hq, d)
         else:
             _unpack(out, c.q_sel, c.q_span, o)
-        if name == "swa":
-            lse_swa = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
-            _unpack(lse_swa, c.q_sel, c.q_span, lse.transpose(0, 1))
+        _unpack(lse_all, c.q_sel, c.q_span, lse.transpose(0, 1))
     if "sink_idx" in plan:
         o_sink, lse_sink = _sink_part(q_t, k_t, v_t, x, plan, scale, varlen)
+        merged = torch.logaddexp(lse_all, lse_sink)
         # share of the sink keys in each row's softmax: 0 where a row has none (NaN from -inf - -inf included)
-        w_sink = torch.exp(lse_sink - torch.logaddexp(lse_swa, lse_sink)).nan_to_num(0.0)[..., None]
-        out = out + (o_sink - out) * w_sink.to(out.dtype)
-    return out
+        w_sink = torch.exp(lse_sink - merged).nan_to_num(0.0)[..., None]
+        out, lse_all = out + (o_sink - out) * w_sink.to(out.dtype), merged
+    return out, lse_all
 
 
-@functools.cache
-def _warn_backward_fallback() -> None:
-    log.warning("backend 'flash' has no backward here; calls that need gradients use 'flex' (exact, same semantics)")
+def flash_backward(d_out, query, key, value, out, lse, x: LayerInputs, plan: dict, scale: float,
+                   varlen_bwd=flash_varlen_backward):
+    """Gradients (dq, dk, dv) in the layout of query/key/value, from each call's backward with the merged out/LSE."""
+    q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    acc = torch.promote_types(query.dtype, torch.float32)
+    grads = tuple(torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q_t, k_t, v_t))
+    for name, c in plan["calls"].items():
+        g = varlen_bwd(_pack(d_out, c.q_sel, c.q_span), _pack(q_t, c.q_sel, c.q_span), _pack(k_t, c.k_sel, c.k_span),
+                       _pack(v_t, c.k_sel, c.k_span), _pack(out, c.q_sel, c.q_span),
+                       _pack(lse, c.q_sel, c.q_span).transpose(0, 1), c.cu_q, c.cu_k, c.max_q, c.max_k, scale,
+                       flash_window(x.window)[0] if name == "swa" else None)
+        for grad, sel, span, packed in zip(grads, (c.q_sel, c.k_sel, c.k_sel), (c.q_span, c.k_span, c.k_span), g):
+            _accumulate(grad, sel, span, packed)
+    if "sink_idx" in plan:
+        _sink_backward(d_out, q_t, k_t, v_t, out, lse, x, plan, scale, varlen_bwd, grads)
+    return tuple(g.transpose(1, 2).to(t.dtype) for g, t in zip(grads, (query, key, value)))
