@@ -34,7 +34,8 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    fingerprint = read_checkpoint(ckpt)[FINGERPRINT_KEY]
+    checkpoint = read_checkpoint(ckpt)
+    fingerprint = checkpoint[FINGERPRINT_KEY]
     spec = model or fingerprint["model"]
     trained = load_adapter(_base_model(spec), ckpt)
     if not merge and not isinstance(trained, PeftModel):
@@ -50,7 +51,11 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
             # the tokenizer trained with: the model's own, or SmolLM2's for the embedded and tiny models
             embedded = is_tiny_spec(spec) or spec.startswith("embedded:")
             load_tokenizer(None if embedded else spec).save_pretrained(tmp)
-        else:
+        else:  # the adapter in the dtype it was trained in (bf16 for bf16-true runs): lossless, half the size
+            trained_dtype = next(iter(checkpoint["state_dict"].values())).dtype
+            for p in trained.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(trained_dtype)
             trained.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)

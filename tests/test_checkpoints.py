@@ -135,3 +135,16 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(trained):
             torch.testing.assert_close(dict(started.named_parameters())[name], p)
     with pytest.raises(CheckpointError, match="lora.rank: checkpoint has 4, current run has 8"):
         module(lora=LoRASettings(rank=8), init_weights=str(path)).configure_model()
+
+
+def test_adapter_export_keeps_the_trained_dtype(trained, tmp_path):
+    from safetensors.torch import load_file as load_safetensors
+    checkpoint = read_checkpoint(trained[1])
+    checkpoint["state_dict"] = {k: v.to(torch.bfloat16) for k, v in checkpoint["state_dict"].items()}
+    atomic_torch_save(checkpoint, tmp_path / "bf16.ckpt")  # as a bf16-true run saves it
+    adapter = export(tmp_path / "bf16.ckpt", tmp_path / "adapter")
+    tensors = load_safetensors(adapter / "adapter_model.safetensors")
+    assert tensors and all(t.dtype == torch.bfloat16 for t in tensors.values())
+    ids = next(iter(random_batches()))["input_ids"]
+    torch.testing.assert_close(logits(load_adapter(build_tiny_model(TINY), adapter), ids),
+                               logits(load_adapter(build_tiny_model(TINY), tmp_path / "bf16.ckpt"), ids))  # lossless

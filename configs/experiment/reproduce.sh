@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (two configurations), adapters, evaluations.
+# Resumable: each finished stage leaves runs/.done/<stage>; evaluations resume from their result stores.
+#   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
+#   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
+# Measured on one H200 (RESULTS.md): teacher 4.3 min, each SWAA-FT 4.7 min, each grid configuration about 1.7 min.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+deadline=$(( $(date +%s) + ${1:-1000000} ))
+MODEL_ARG=${M:+--model.model $M}
+EVAL_MODEL=${M:+--model $M}
+mkdir -p runs/.done
+
+stage() {  # stage NAME COMMAND...: run once, within the time left; output in runs/NAME.log
+  local name=$1 left
+  shift
+  [ -e "runs/.done/$name" ] && return 0
+  left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt 20 ]; then echo "== $name: skipped (time limit)"; return 0; fi
+  echo "== $name ($(date +%T))"
+  if timeout "$left" "$@" > "runs/$name.log" 2>&1; then touch "runs/.done/$name"; else echo "== $name: stopped or failed, see runs/$name.log"; fi
+}
+
+stage teacher python train.py fit --config configs/experiment/teacher_fa.yaml $MODEL_ARG
+for run in swaa_ft_fad_half swaa_ft_fast; do
+  stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG
+done
+for run in teacher_fa swaa_ft_fad_half swaa_ft_fast; do
+  stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
+    ${M:+--model $M} --overwrite
+done
+GRID="--swaa configs/swaa/grid_issue6.yaml"
+stage eval_swaa_ft_fad_half python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fad_half/checkpoints/last.ckpt \
+  $GRID --configs fa,w512_sink_fad_half --out results/swaa_ft_fad_half
+stage eval_swaa_ft_fast python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fast/checkpoints/last.ckpt \
+  $GRID --configs fa,w512_sink_quarter --out results/swaa_ft_fast
+stage eval_teacher python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa/checkpoints/last.ckpt $GRID --speed \
+  --out results/teacher
