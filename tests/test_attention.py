@@ -196,7 +196,8 @@ def test_flash_planning_matches_float64(seed):
 @pytest.mark.parametrize("pads", [(0,), (0, 3)])
 def test_flash_decode_on_a_sink_window_cache(pads):
     """A decode step over sink + window keys: batch 1 sees every key (one unmasked call); a padded batch does not."""
-    from swaa.attention.flash import _plan, flash_attention
+    from swaa.attention.flash import flash_attention
+    from swaa.attention.plain import plain_sdpa_kwargs
     window, sink, n = 8, 2, 40  # n cache slots, row r left-padded by pads[r]; kept: any row's sinks, the last W
     slots = torch.cat([torch.arange(sink + max(pads)), torch.arange(n - window, n)])
     k_pos = torch.stack([torch.where(slots >= p, slots - p, -1) for p in pads])
@@ -206,19 +207,32 @@ def test_flash_decode_on_a_sink_window_cache(pads):
     q, k, v = (torch.randn(len(pads), h, length, 16, generator=gen, dtype=torch.float64)
                for h, length in ((4, 1), (2, k_pos.shape[1]), (2, k_pos.shape[1])))
     want = attention64(q, k, v, dense_mask(q_pos, k_pos, x.prompt_len, window, sink, "swa"), 0.25)
-    assert ("sdpa" in _plan(x)) == (len(pads) == 1)
+    assert (plain_sdpa_kwargs(x) == {"is_causal": False}) == (len(pads) == 1)
     assert (flash_attention(q, k, v, x, 0.25, varlen=varlen_dense) - want).abs().max() < 1e-10
 
 
 @pytest.mark.parametrize("pad", [0, 2])
 def test_flash_full_layer_without_padding_is_one_causal_call(pad):
-    from swaa.attention.flash import _plan, flash_attention
+    from swaa.attention.flash import flash_attention
+    from swaa.attention.plain import plain_sdpa_kwargs
     valid = torch.arange(20)[None] >= pad
     k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)
     x = LayerInputs(k_pos, k_pos, torch.tensor([5]), 8, 0, "full", ("all",), {})  # W unused by full layers
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, h, 20, 16, generator=gen, dtype=torch.float64) for h in (4, 2, 2))
     want = attention64(q, k, v, dense_mask(k_pos, k_pos, x.prompt_len, None, 0, "full"), 0.25)
-    assert (_plan(x).get("sdpa") == {"is_causal": True}) == (pad == 0)
+    assert (plain_sdpa_kwargs(x) == {"is_causal": True}) == (pad == 0)
     got = flash_attention(q, k, v, x, 0.25, varlen=varlen_dense)
     assert ((got - want).abs() * valid[..., None, None]).max() < 1e-10
+
+
+def test_auto_sends_plain_calls_to_one_sdpa_call(monkeypatch):
+    """A full layer without padding never reaches the masked backends, with or without gradients."""
+    import swaa.attention.auto as auto
+    monkeypatch.setattr(auto, "flex_attention_fn", None)  # calling either would raise TypeError
+    monkeypatch.setattr(auto, "flash_attention_fn", None)
+    pos = torch.arange(30)[None]
+    x = LayerInputs(pos, pos, torch.tensor([30]), 8, 2, "full", ("all",), {})
+    q, k, v = (torch.randn(1, h, 30, 16, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    want = attention64(q, k, v, dense_mask(pos, pos, x.prompt_len, 8, 2, "full"), 0.25)
+    assert (call_backend("auto", q, k, v, x) - want).abs().max() < 1e-10

@@ -1,4 +1,5 @@
-"""CUDA routing of backend 'auto', by measurement (BENCHMARKS.md): flex for SWA prefill, FlashAttention elsewhere."""
+"""CUDA routing of backend 'auto', by measurement (BENCHMARKS.md): SDPA for calls without a SWAA mask, flex for SWA
+prefill and training, FlashAttention for full layers and decode steps."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ import torch
 from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.inputs import layer_inputs
+from swaa.attention.plain import plain_attention
 
 FLEX_MIN_QUERIES = 64  # below this (decode steps) the varlen flash kernel avoids building a block mask per step
 
 
 def auto_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Full layers and decode steps in half precision without gradients -> flash; everything else -> flex."""
+    """Plain calls -> one SDPA call; full layers and decode steps in half precision without gradients -> flash;
+    everything else -> flex."""
+    x = layer_inputs(module, query, key)
+    if not dropout:
+        out = plain_attention(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling)
+        if out is not None:
+            return out, None
     half = query.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    kind = layer_inputs(module, query, key).kind
+    kind = x.kind
     if half and not grad and not dropout and (kind == "full" or query.shape[2] < FLEX_MIN_QUERIES):
         return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

@@ -11,12 +11,11 @@ import functools
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 
 from swaa.attention.inputs import LayerInputs, layer_inputs
-from swaa.masks import flash_window, visible
+from swaa.attention.plain import plain_attention
+from swaa.masks import flash_window
 
-ALL_VISIBLE_MAX_QUERIES = 16  # calls with at most this many queries check for the unmasked case first
 
 
 @functools.cache
@@ -102,15 +101,7 @@ def _unpack(out: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, 
 def _plan(x: LayerInputs) -> dict:
     """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys.
 
-    Decode steps that see every key given (e.g. batch 1 on a sink+window cache) need no split: one unmasked call;
-    full layers without padding are one plain causal call, FA's own kernel.
     """
-    if x.kind == "full" and x.q_pos.shape == x.k_pos.shape and bool((x.k_pos >= 0).all()):
-        return {"sdpa": {"is_causal": True}}
-    if x.q_pos.shape[1] <= ALL_VISIBLE_MAX_QUERIES:
-        sees = visible(x.q_pos[:, :, None], x.k_pos[:, None, :], x.prompt_len[:, None, None], x.window, x.sink, x.kind)
-        if bool(sees.all()):
-            return {"sdpa": {"is_causal": False}}
     q_valid, k_valid = x.q_pos >= 0, x.k_pos >= 0
     full_row = q_valid if x.kind == "full" else q_valid & (x.q_pos >= x.prompt_len[:, None]) \
         if x.kind == "swa_fa_decode" else torch.zeros_like(q_valid)
@@ -232,11 +223,10 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
 def flash_attention(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen,
                     varlen_bwd=flash_varlen_backward) -> torch.Tensor:
     """SWAA attention (B, Lq, Hq, D) by FlashAttention calls; differentiable when the inputs require gradients."""
+    out = plain_attention(query, key, value, x, scale)
+    if out is not None:
+        return out
     plan = x.cached("flash", lambda: _plan(x))
-    if "sdpa" in plan:  # the unmasked or plain causal case
-        out = F.scaled_dot_product_attention(query, key, value, scale=scale, enable_gqa=query.shape[1] != key.shape[1],
-                                             **plan["sdpa"])
-        return out.transpose(1, 2).contiguous()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return _FlashSWAA.apply(query, key, value, x, plan, scale, varlen, varlen_bwd)
     return flash_forward(query, key, value, x, plan, scale, varlen)[0]
