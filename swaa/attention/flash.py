@@ -132,15 +132,30 @@ def _plan(x: LayerInputs) -> dict:
     return plan
 
 
+def _sink_keys(k_t, v_t, x: LayerInputs, plan: dict):
+    """The S sink keys and values of each sequence (B, S, Hkv, D), and their gather index."""
+    b, _, hkv, d = k_t.shape
+    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
+    return k_t.gather(1, idx), v_t.gather(1, idx), idx
+
+
+def _edge_scores(q_t, ks, vs, x: LayerInputs, rows, scale: float, acc: torch.dtype):
+    """Edge rows (E, Hkv, G, D) against their sink keys/values (E, S, Hkv, D): scores (E, Hkv, G, S), -inf if unseen."""
+    hq, d, hkv = q_t.shape[2], q_t.shape[3], ks.shape[2]
+    q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)
+    k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)
+    ok = torch.arange(x.sink, device=q_t.device)[None, :] <= (x.q_pos[rows] - x.window)[:, None]  # (E, S)
+    scores = (torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale).masked_fill(~ok[:, None, None, :], float("-inf"))
+    return q_e, k_e, v_e, scores
+
+
 def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     """Attention of SWA rows to the sink keys left of their window: out (B, Lq, Hq, D), lse (B, Lq, Hq) (-inf: none).
 
     Rows with i >= W + S - 1 see all S sinks: one non-causal flash call. The < S-1 rows before them: dense float32.
     """
     b, lq, hq, d = q_t.shape
-    hkv = k_t.shape[2]
-    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
-    ks, vs = k_t.gather(1, idx), v_t.gather(1, idx)  # (B, S, Hkv, D)
+    ks, vs, _ = _sink_keys(k_t, v_t, x, plan)
     acc = torch.promote_types(q_t.dtype, torch.float32)  # float32, or float64 for float64 inputs
     out = q_t.new_zeros(b, lq, hq, d)
     lse = q_t.new_full((b, lq, hq), float("-inf"), dtype=acc)
@@ -152,11 +167,7 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
         _unpack(lse, c.q_sel, c.q_span, o_lse.transpose(0, 1))
     if plan["edge_rows"] is not None:
         rows = plan["edge_rows"]  # (batch index, query index) of each edge row
-        q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)  # (E, Hkv, G, D)
-        k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)  # (E, S, Hkv, D)
-        scores = torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale
-        ok = torch.arange(x.sink, device=q_t.device)[None, :] <= (x.q_pos[rows] - x.window)[:, None]  # (E, S)
-        scores = scores.masked_fill(~ok[:, None, None, :], float("-inf"))
+        _, _, v_e, scores = _edge_scores(q_t, ks, vs, x, rows, scale, acc)
         l_e = scores.logsumexp(-1)  # (E, Hkv, G)
         o_e = torch.einsum("ehgs,eshd->ehgd", torch.softmax(scores, -1), v_e)
         out[rows], lse[rows] = o_e.reshape(-1, hq, d).to(out.dtype), l_e.reshape(-1, hq)
@@ -166,10 +177,8 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
 def _sink_backward(d_out, q_t, k_t, v_t, out, lse, x: LayerInputs, plan: dict, scale: float, varlen_bwd, grads):
     """Add the sink keys' share of the gradients to `grads` (dq, dk, dv), given the merged output and LSE."""
     dq, dk, dv = grads
-    b, _, hq, d = q_t.shape
-    hkv = k_t.shape[2]
-    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
-    ks, vs = k_t.gather(1, idx), v_t.gather(1, idx)  # (B, S, Hkv, D)
+    hq, d, hkv = q_t.shape[2], q_t.shape[3], k_t.shape[2]
+    ks, vs, idx = _sink_keys(k_t, v_t, x, plan)
     dks, dvs = torch.zeros_like(ks, dtype=dk.dtype), torch.zeros_like(vs, dtype=dv.dtype)
     if "bulk_call" in plan:
         c = plan["bulk_call"]
@@ -181,15 +190,10 @@ def _sink_backward(d_out, q_t, k_t, v_t, out, lse, x: LayerInputs, plan: dict, s
         dvs[c.k_sel] += g_v.to(dvs.dtype)
     if plan["edge_rows"] is not None:
         rows = plan["edge_rows"]
-        acc = dq.dtype
-        q_e = q_t[rows].to(acc).view(-1, hkv, hq // hkv, d)  # (E, Hkv, G, D)
-        k_e, v_e = ks[rows[0]].to(acc), vs[rows[0]].to(acc)  # (E, S, Hkv, D)
-        ok = torch.arange(x.sink, device=q_t.device)[None, :] <= (x.q_pos[rows] - x.window)[:, None]  # (E, S)
-        scores = (torch.einsum("ehgd,eshd->ehgs", q_e, k_e) * scale).masked_fill(~ok[:, None, None, :], float("-inf"))
+        q_e, k_e, v_e, scores = _edge_scores(q_t, ks, vs, x, rows, scale, dq.dtype)
         p = torch.exp(scores - lse[rows].view(-1, hkv, hq // hkv, 1))  # probabilities within the whole row
-        d_o = d_out[rows].to(acc).view(q_e.shape)
-        d_s = p * (torch.einsum("ehgd,eshd->ehgs", d_o, v_e) - (d_o * out[rows].to(acc).view(q_e.shape)).sum(-1,
-                                                                                                      keepdim=True))
+        d_o, o_e = (t[rows].to(dq.dtype).view(q_e.shape) for t in (d_out, out))
+        d_s = p * (torch.einsum("ehgd,eshd->ehgs", d_o, v_e) - (d_o * o_e).sum(-1, keepdim=True))
         dq.index_put_(rows, torch.einsum("ehgs,eshd->ehgd", d_s, k_e).reshape(-1, hq, d) * scale, accumulate=True)
         dks.index_put_((rows[0],), torch.einsum("ehgs,ehgd->eshd", d_s, q_e) * scale, accumulate=True)
         dvs.index_put_((rows[0],), torch.einsum("ehgs,ehgd->eshd", p, d_o), accumulate=True)
