@@ -145,7 +145,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path,
                          lora: LoRASettings | None = None) -> None:
     """Copy the trainable weights of train.py checkpoint `path` into `model` (same architecture and LoRA settings)."""
-    checkpoint = read_checkpoint(path)
+    _load_trained_state(model, read_checkpoint(path), path, lora)
+
+
+def _load_trained_state(model: PreTrainedModel | PeftModel, checkpoint: dict, path: str | Path,
+                        lora: LoRASettings | None) -> None:
     saved = checkpoint[FINGERPRINT_KEY]
     current = {"model_config": config_hash(_base(model).config)}
     if lora is not None:
@@ -168,7 +172,8 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
         if not (path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
         return PeftModel.from_pretrained(model, str(path))
-    lora = LoRASettings(**read_checkpoint(path)[FINGERPRINT_KEY]["lora"])
+    checkpoint = read_checkpoint(path)
+    lora = LoRASettings(**checkpoint[FINGERPRINT_KEY]["lora"])
     model = add_lora(model, lora)
-    load_trained_weights(model, path, lora)
+    _load_trained_state(model, checkpoint, path, lora)
     return model

@@ -17,7 +17,6 @@ from swaa.attention.plain import plain_attention
 from swaa.masks import flash_window
 
 
-
 @functools.cache
 def _dao_flash():
     if importlib.util.find_spec("flash_attn") is None:
@@ -99,9 +98,7 @@ def _unpack(out: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, 
 
 
 def _plan(x: LayerInputs) -> dict:
-    """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys.
-
-    """
+    """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys."""
     q_valid, k_valid = x.q_pos >= 0, x.k_pos >= 0
     full_row = q_valid if x.kind == "full" else q_valid & (x.q_pos >= x.prompt_len[:, None]) \
         if x.kind == "swa_fa_decode" else torch.zeros_like(q_valid)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from swaa.attention.inputs import LayerInputs
-from swaa.masks import visible
+from swaa.masks import dense_mask
 
 ALL_VISIBLE_MAX_QUERIES = 16  # calls with at most this many queries check the whole (B, Lq, Lk) mask
 
@@ -20,8 +20,7 @@ def plain_sdpa_kwargs(x: LayerInputs) -> dict | None:
     if x.kind == "full" and x.q_pos.shape == x.k_pos.shape and bool((x.k_pos >= 0).all()):
         return {"is_causal": True}
     if x.q_pos.shape[1] <= ALL_VISIBLE_MAX_QUERIES:
-        sees = visible(x.q_pos[:, :, None], x.k_pos[:, None, :], x.prompt_len[:, None, None], x.window, x.sink, x.kind)
-        if bool(sees.all()):
+        if bool(dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind).all()):
             return {"is_causal": False}
     return None
 
