@@ -31,6 +31,7 @@ from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.attention import BACKENDS
 from swaa.eval.results import write_atomic
 from swaa.integration import resolve_backend
+from swaa.profiling import CATEGORIES, IDLE, time_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIN_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-4}  # relative logits error always passes
 CHECK_ROWS = 256  # prefill rows compared in the correctness check (the last ones, beyond window + sink)
 CHECK_DECODE = 8  # decode steps compared after that prefill
+PROFILE_DECODE = 8  # decode steps profiled (--profile)
 DEFAULT_CONFIGS = ("fa", "hf_sliding_flex", "swa_all", "swa_all_fad", "swa_half", "swa_half_fad", "swa_quarter",
                    "swa_quarter_fad")
 BASELINE = "fa"
@@ -327,14 +329,23 @@ def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeat
     return {"status": "OOM"}
 
 
+def profile_cell(model: PreTrainedModel, length: int, decode_tokens: int, device: torch.device) -> dict[str, Any]:
+    """Where one prefill's and one decode step's time goes (ms per category; decode averaged over its steps)."""
+    ids = random_ids(model.config.vocab_size, length, device, seed=length)
+    cache = DynamicCache(config=model.config)
+    prefill, logits = time_breakdown(lambda: forward(model, ids, cache, keep=1), device)
+    decode_total, _ = time_breakdown(lambda: decode(model, logits, cache, decode_tokens), device)
+    return {"prefill": prefill, "decode": {k: v / decode_tokens for k, v in decode_total.items()}}
+
+
 def warm_up(model: PreTrainedModel, length: int, device: torch.device) -> None:
     """One prefill and a few decode steps, so compilation and allocator growth stay out of the numbers."""
     measure_once(model, random_ids(model.config.vocab_size, length, device, seed=0), decode_tokens=4)
 
 
 def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens: int, repeats: int,
-                 dtype: torch.dtype, device: torch.device, backend: str) -> list[dict[str, Any]]:
-    """Check one config, then time it at every length; one row per length."""
+                 dtype: torch.dtype, device: torch.device, backend: str, profile: bool = False) -> list[dict[str, Any]]:
+    """Check one config, then time it at every length (and profile it, untimed, if asked); one row per length."""
     base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
     reason = unsupported_reason(cfg, shape, device)
     if reason:
@@ -359,6 +370,8 @@ def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens
             rows = []
             for n in lengths:
                 rows.append({**base, "length": n, **measure_cell(model, n, decode_tokens, repeats, device)})
+                if profile and rows[-1]["status"] == "ok":
+                    rows[-1]["profile"] = profile_cell(model, n, min(decode_tokens, PROFILE_DECODE), device)
                 log.info("%s", rows[-1])
     del model
     free_memory(device)
@@ -376,8 +389,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
         dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
-        backend: str = "auto", on_config: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
-    """Benchmark every config in order at every length; rows with ratios against `fa`.
+        backend: str = "auto", on_config: Callable[[list[dict[str, Any]]], None] | None = None,
+        profile: bool = False) -> list[dict[str, Any]]:
+    """Benchmark every config in order at every length; rows with ratios against `fa` (and time breakdowns).
 
     `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
     if shape not in SHAPES:
@@ -389,7 +403,7 @@ def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_token
     backend = resolve_backend(backend, device)
     rows = []
     for cfg in configs:
-        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend)
+        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend, profile)
         add_ratios(rows)
         if on_config is not None:
             on_config(rows)
@@ -413,8 +427,20 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                      fmt(r["peak_mem_gib"], ".2f"), fmt(r["kv_cache_mib"], ".1f")]
         lines.append(f"| {r['config']} | {r['tag']} | {r['length']} | " + " | ".join(cells) + f" | {check} |")
     info = {k: v for k, v in meta.items() if k not in ("configs", "command", "model")}
-    return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + \
+    return "\n".join(lines + breakdown_table(rows)) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + \
         f"\n\ncommand: `{' '.join(meta['command'])}`\n"
+
+
+def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the profiled rows: ms per category for a prefill and for one decode step."""
+    cats = [cat for cat, _ in CATEGORIES] + ["other", IDLE]
+    lines = ["", "Where the time goes (ms, one profiled run; decode per step):", "",
+             "| config | length | phase | wall | " + " | ".join(cats) + " |", "|" + "---|" * (4 + len(cats))]
+    for r in rows:
+        for phase, prof in r.get("profile", {}).items():
+            lines.append(f"| {r['config']} | {r['length']} | {phase} | {prof['wall_ms']:.1f} | "
+                         + " | ".join(f"{prof[c]:.1f}" for c in cats) + " |")
+    return lines if len(lines) > 5 else []
 
 
 def metadata(args: argparse.Namespace, configs: list[BenchConfig], device: torch.device) -> dict[str, Any]:
@@ -454,6 +480,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="auto")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one prefill and decode per cell (untimed): ms per kernel category")
     args = parser.parse_args(argv)
     args.command = list(sys.argv) if argv is None else [sys.argv[0], *argv]
     args.dtype = args.dtype or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
@@ -474,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
             write_atomic(args.markdown, markdown(rows, meta))
 
     rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats, DTYPES[args.dtype], device,
-               args.backend, on_config=save)
+               args.backend, on_config=save, profile=args.profile)
     print(markdown(rows, meta))
 
 

@@ -95,3 +95,46 @@ def test_parse_configs(tmp_path):
         parse_configs('z={"window": 8, "hf_window": 8}', 128, 8, presets)
     with pytest.raises(ValueError, match="duplicate"):
         parse_configs("fa,fa", 128, 8, presets)
+
+
+def test_profile_breaks_time_into_categories(tmp_path):
+    md = tmp_path / "bench.md"
+    main(["--device", "cpu", "--shape", "tiny", "--lengths", "64", "--decode-tokens", "2", "--repeats", "1",
+          "--window", "16", "--sink", "2", "--configs", "fa,swa_all", "--profile", "--markdown", str(md),
+          "--out", str(tmp_path / "bench.json")])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    for r in rows:
+        for phase in ("prefill", "decode"):
+            prof = r["profile"][phase]
+            parts = sum(v for k, v in prof.items() if k != "wall_ms")
+            assert prof["attention"] > 0 and prof["matmul"] > 0
+            assert parts == pytest.approx(prof["wall_ms"], rel=1e-6) or parts > prof["wall_ms"]
+    assert "Where the time goes" in md.read_text() and "| swa_all | 64 | decode |" in md.read_text()
+
+
+def test_category_names_kernels():
+    from swaa.profiling import category
+    assert category("void pytorch_flash::flash_fwd_kernel<...>") == "attention"
+    assert category("triton_tem_fused_flex_attention_0") == "attention"
+    assert category("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert category("void at::native::index_elementwise_kernel<...>") == "copy/index"
+    assert category("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<...>>") \
+        == "elementwise/norm/rotary"
+    assert category("aten::mm") == "matmul" and category("something_new") == "other"
+
+
+def test_category_ms_counts_each_kernel_once():
+    """On CUDA an operator's self device time repeats its kernels' time: only the kernels count."""
+    from types import SimpleNamespace as Event
+
+    from torch.autograd import DeviceType
+
+    from swaa.profiling import category_ms
+    events = [Event(key="aten::mm", device_type=DeviceType.CPU, self_device_time_total=5000, self_cpu_time_total=30),
+              Event(key="nvjet_tst_128x256", device_type=DeviceType.CUDA, self_device_time_total=5000,
+                    self_cpu_time_total=0),
+              Event(key="cudaLaunchKernel", device_type=DeviceType.CPU, self_device_time_total=0,
+                    self_cpu_time_total=20)]
+    assert category_ms(events, cuda=True)["matmul"] == 5.0
+    cpu = category_ms(events, cuda=False)
+    assert cpu["matmul"] == pytest.approx(0.03) and sum(cpu.values()) == pytest.approx(0.03)
