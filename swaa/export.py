@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -42,6 +43,8 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
         raise ValueError(f"{ckpt} is a full fine-tune (no adapter to save alone); export it with --merge")
     if merge and isinstance(trained, PeftModel):
         trained = trained.merge_and_unload()
+    # the embedded and tiny models have no portable path: their adapters name no base (the loaders' default)
+    embedded = is_tiny_spec(spec) or spec.startswith("embedded:")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -49,7 +52,6 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
             trained.config.swaa = fingerprint["swaa"]
             trained.save_pretrained(tmp)
             # the tokenizer trained with: the model's own, or SmolLM2's for the embedded and tiny models
-            embedded = is_tiny_spec(spec) or spec.startswith("embedded:")
             load_tokenizer(None if embedded else spec).save_pretrained(tmp)
         else:  # the adapter in the dtype it was trained in (bf16 for bf16-true runs): lossless, half the size
             trained_dtype = next(iter(checkpoint["state_dict"].values())).dtype
@@ -57,6 +59,11 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
                 if p.requires_grad:
                     p.data = p.data.to(trained_dtype)
             trained.save_pretrained(tmp)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card
+            config_path = tmp / "adapter_config.json"  # peft fills a missing base path in on save: set it after
+            config = json.loads(config_path.read_text())
+            config["base_model_name_or_path"] = None if embedded else str(spec)
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -115,7 +115,9 @@ def test_load_adapter_and_export_reproduce_the_trained_model(trained, tmp_path):
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged), ids), expected)
 
     adapter = export(path, tmp_path / "adapter")
-    assert (adapter / "adapter_config.json").is_file()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] is None  # a tiny model: no path that would mean anything elsewhere
+    assert not (adapter / "README.md").exists()
     torch.testing.assert_close(logits(load_adapter(build_tiny_model(TINY), adapter), ids), expected)
     with pytest.raises(FileExistsError, match="overwrite"):
         export(path, adapter)

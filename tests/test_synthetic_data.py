@@ -56,6 +56,23 @@ def test_train_data_comes_from_the_cache(smollm2_tokenizer, tmp_path, monkeypatc
     assert module(smollm2_tokenizer, tmp_path).train_data["input_ids"] == first.train_data["input_ids"]
 
 
+def test_two_processes_caching_the_same_samples(smollm2_tokenizer, tmp_path, monkeypatch):
+    """The second process to finish finds the cache written by the first: it keeps that one and cleans up its own."""
+    first = module(smollm2_tokenizer, tmp_path / "first")
+    cache = tmp_path / "shared"
+    encode = SyntheticDataModule.encode
+
+    def encode_while_another_finishes(self, samples):
+        data = encode(self, samples)
+        if not self._cache_path().exists():  # the training split: the other process wins the race
+            data.save_to_disk(str(self._cache_path()))
+        return data
+    monkeypatch.setattr(SyntheticDataModule, "encode", encode_while_another_finishes)
+    second = module(smollm2_tokenizer, tmp_path, cache_dir=str(cache))
+    assert second.train_data["input_ids"] == first.train_data["input_ids"]
+    assert [p.name.startswith("synthetic-") for p in cache.iterdir()] == [True]
+
+
 def test_loaders(smollm2_tokenizer, tmp_path):
     dm = module(smollm2_tokenizer, tmp_path, batch_size=3)
     train = list(dm.train_dataloader())

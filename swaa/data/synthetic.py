@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -92,8 +93,13 @@ class SyntheticDataModule(ChatDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-")
         data.save_to_disk(tmp)
-        os.replace(tmp, path)
-        log.info("cached %d synthetic training samples in %s", len(data), path)
+        try:
+            os.replace(tmp, path)
+            log.info("cached %d synthetic training samples in %s", len(data), path)
+        except OSError:  # another process (two runs on one machine) cached the same samples first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not path.is_dir():
+                raise
         return datasets.load_from_disk(str(path))
 
     def prepare_data(self) -> None:
