@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 class GenerationValidation(Callback):
     """After every `every_n_val`-th validation, generate answers to up to `max_samples` of the datamodule's
-    `val_samples()` (or `val_prompts()`) with `pl_module.model` as configured (SWAA prefill + FA decode per its SWAA config) and log
-    `val/acc/<task>` and `val/acc`. Samples are split over ranks; the metrics are synced across them.
+    `val_samples()` (or `val_prompts()`) with `pl_module.model` as configured (SWAA prefill + FA decode per its SWAA
+    config) and log `val/acc/<task>` and `val/acc`. Samples are split over ranks; the metrics are synced across them.
     """
 
     def __init__(self, every_n_val: int = 1, max_samples: int = 32, max_new_tokens: int = 32, batch_size: int = 8):

@@ -108,8 +108,8 @@ class SWAARuntime:
         if past == 0:
             self.prompt_len = valid.sum(1)
         elif self.prompt_len is None or self.prompt_len.shape[0] != valid.shape[0]:
-            raise RuntimeError("continuing a KV cache whose prefill SWAA did not see: prefill through the patched model, "
-                               "or give the prompt lengths with swaa.prompt_lengths(model, lengths)")
+            raise RuntimeError("continuing a KV cache whose prefill SWAA did not see: prefill through the patched "
+                               "model, or give the prompt lengths with swaa.prompt_lengths(model, lengths)")
         return self.prompt_len
 
     def _install_sliding_cache(self, cache) -> None:
@@ -163,7 +163,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
     if backend == "flash" and device.type != "cuda":
-        raise ValueError(f"backend 'flash' needs a CUDA device, but the model is on {device}; use 'flex' or 'reference'")
+        raise ValueError(f"backend 'flash' needs a CUDA device, but the model is on {device}; "
+                         "use 'flex' or 'reference'")
     return backend
 
 

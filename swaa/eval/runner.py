@@ -168,8 +168,8 @@ def _load_model(model_path: str | Path | None, adapter: str | Path | None, devic
     return load_adapter(model, adapter) if adapter is not None else model
 
 
-def _make_cells(tasks: list[str] | None, lengths: list[int] | None, n: int, seed: int, file_samples: list[Sample] | None,
-                tokenizer: PreTrainedTokenizerBase) -> list[_Cell]:
+def _make_cells(tasks: list[str] | None, lengths: list[int] | None, n: int, seed: int,
+                file_samples: list[Sample] | None, tokenizer: PreTrainedTokenizerBase) -> list[_Cell]:
     """Synthetic cells per (task, length), or one cell per task of a data file (length None)."""
     if file_samples is None:
         return [_Cell(t, x, make_samples(t, n, x, tokenizer, seed=seed)) for t in tasks for x in lengths]
@@ -245,7 +245,8 @@ def run_grid(
     log.info("%d of %d cells to run (the others are in %s)", total, len(configs) * len(cells), store.path)
     if total:
         model = model if model is not None else _load_model(model_path, adapter, device)
-        judge = JudgeScorer(load_model(judge_model, device=device), load_tokenizer(judge_model)) if judge_model else None
+        judge = (JudgeScorer(load_model(judge_model, device=device), load_tokenizer(judge_model))
+                 if judge_model else None)
         base_model = model.get_base_model() if isinstance(model, PeftModel) else model
         with tqdm(total=total, desc="cells", disable=not progress) as bar:
             for config_name, config in configs.items():
