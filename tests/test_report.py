@@ -57,6 +57,9 @@ def test_no_fa_row_and_multiple_runs(tmp_path):
     assert set(table["run"]) == {"SmolLM2.gguf", "SmolLM2.gguf + lora"}
     assert table.loc[table["run"] == "SmolLM2.gguf", "% of FA"].isna().all()
     assert not any(c.startswith("prefill") for c in table.columns)
+    ckpts = [r for run in ("teacher", "student") for r in
+             _records(tmp_path / run, speed=False, adapter=f"runs/{run}/checkpoints/last.ckpt")]
+    assert set(summary_table(ckpts)["run"]) == {"SmolLM2.gguf + teacher/last.ckpt", "SmolLM2.gguf + student/last.ckpt"}
     md = markdown_table(table)
     assert md.splitlines()[0].startswith("| run | config |") and "| - |" in md
 

@@ -18,8 +18,13 @@ FA_TAG = "fa"
 
 
 def _run_label(key: dict[str, Any]) -> str:
+    """Model file name, plus the adapter's: runs/<run>/checkpoints/last.ckpt reads '<run>/last.ckpt'."""
     model = Path(key["model"]).name
-    return model if key["adapter"] is None else f"{model} + {Path(key['adapter']).name}"
+    if key["adapter"] is None:
+        return model
+    adapter = Path(key["adapter"])
+    name = f"{adapter.parent.parent.name}/{adapter.name}" if adapter.parent.name == "checkpoints" else adapter.name
+    return f"{model} + {name}"
 
 
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
