@@ -126,6 +126,18 @@ def test_prompt_tokens_beyond_context_fail_before_model_loading(smollm2_tokenize
         run_grid(_model_folder(tmp_path, 128), configs=CONFIGS, data_file=data, out_dir=tmp_path)
 
 
+def test_answers_longer_than_max_new_tokens_warn(model, smollm2_tokenizer, tmp_path, caplog):
+    """Four 7-digit values with commas are 35 SmolLM2 tokens: 32 new tokens would cut every answer."""
+    _run(model, smollm2_tokenizer, tmp_path / "a", configs={"fa": SWAAConfig()}, tasks=["niah_multivalue"], n=1,
+         max_new_tokens=32)
+    assert "max_new_tokens=32 is below the reference answer length" in caplog.text
+    assert "niah_multivalue@256" in caplog.text
+    caplog.clear()
+    _run(model, smollm2_tokenizer, tmp_path / "b", configs={"fa": SWAAConfig()}, tasks=["niah_multivalue"], n=1,
+         max_new_tokens=40)
+    assert "below the reference answer length" not in caplog.text
+
+
 def test_parse_swaa_spec():
     assert list(parse_swaa_spec("fa, sink")) == ["fa", "sink"]
     assert parse_swaa_spec('{"window": 64, "sink": 4}') == {"w64-s4": SWAAConfig(window=64, sink=4)}

@@ -20,7 +20,7 @@ from swaa.eval.datasets import load_eval_file
 from swaa.eval.generate import chat_token_ids, generate_answers, measure_speed
 from swaa.eval.results import ResultStore, make_key, path_identity, text_identity
 from swaa.eval.scorers import SCORERS, JudgeScorer, score
-from swaa.eval.tasks import TASKS, Sample, make_samples
+from swaa.eval.tasks import TASKS, Sample, make_samples, train_answer
 from swaa.models import default_model_path, load_config, load_model, load_tokenizer
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
@@ -131,6 +131,17 @@ def _check_context(lengths: dict[str, int], context: int, max_new_tokens: int) -
                          f"{context} tokens (max_position_embeddings); use lengths <= {context - max_new_tokens}")
 
 
+def _warn_short_answers(cells: list[_Cell], tokenizer: PreTrainedTokenizerBase, max_new_tokens: int) -> None:
+    """Warn about cells whose reference answer (values joined by commas, plus the end token) needs more new tokens
+    than allowed: their multi-value answers would be cut and scored as partly wrong."""
+    need = {c.label: max(len(tokenizer(train_answer(s), add_special_tokens=False).input_ids) + 1 for s in c.samples)
+            for c in cells}
+    short = {label: n for label, n in need.items() if n > max_new_tokens}
+    if short:
+        log.warning("max_new_tokens=%d is below the reference answer length (tokens) of %s: those answers get cut; "
+                    "raise max_new_tokens to %d", max_new_tokens, short, max(short.values()))
+
+
 def _evaluate_cell(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, cell: _Cell,
                    scorer: str | None, judge: JudgeScorer | None, max_new_tokens: int,
                    batch_size: int) -> tuple[list[float], list[dict[str, Any]], int, float]:
@@ -223,6 +234,7 @@ def run_grid(
     cells = _make_cells(tasks, lengths, n, seed, file_samples, tokenizer)
     prompt_tokens = {c.label: max(len(chat_token_ids(tokenizer, s.prompt)) for s in c.samples) for c in cells}
     _check_context(prompt_tokens, context, max_new_tokens)
+    _warn_short_answers(cells, tokenizer, max_new_tokens)
 
     store = ResultStore(out_dir)
     if judge_model is not None:
