@@ -1,7 +1,8 @@
 """Accuracy (and optionally speed) of one model over a grid of SWAA configurations.
 
-`python evaluate.py` runs the default grid (configs/swaa/grid.yaml) on the embedded SmolLM2-135M-Instruct and
-writes results, tables and plots to results/. Finished cells are skipped when re-run with the same settings.
+`python evaluate.py` runs the default grid (configs/swaa/grid.yaml) on the embedded SmolLM2-135M-Instruct with its
+trained FA-teacher adapter (data/adapters/teacher_fa; `--adapter none` for the bare model) and writes results, tables
+and plots to results/. Finished cells are skipped when re-run with the same settings.
 """
 
 from __future__ import annotations
@@ -9,17 +10,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, PRESETS, load_grid, parse_swaa_spec, run_grid
 
+# the embedded model's FA teacher (RESULTS.md, issue 6): without it SmolLM2 fails most long-context tasks even with FA
+DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Hugging Face folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", help="LoRA adapter: a peft folder or a train.py .ckpt")
+    p.add_argument("--adapter", help="LoRA adapter: a peft folder or a train.py .ckpt; 'none' for the bare model "
+                                     "(default: data/adapters/teacher_fa with the embedded model, else none)")
     p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
                                   f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
     p.add_argument("--configs", nargs="+", help="run only these configurations of the grid, by name")
@@ -39,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
     args.tasks, args.configs = split(args.tasks), split(args.configs)
+    if args.adapter is None and args.model is None:
+        args.adapter = str(DEFAULT_ADAPTER)
+    elif args.adapter == "none":
+        args.adapter = None
     try:
         args.lengths = None if args.lengths is None else [int(v) for v in split(args.lengths)]
     except ValueError:

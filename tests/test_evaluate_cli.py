@@ -67,6 +67,14 @@ def test_default_run_on_smollm2(tmp_path):
     assert "| sink_fa_decode_interleave_half |" in result.stdout and (tmp_path / "accuracy.png").is_file()
 
 
+def test_default_adapter_is_the_teacher_for_the_embedded_model():
+    from evaluate import DEFAULT_ADAPTER, parse_args
+    assert parse_args([]).adapter == str(DEFAULT_ADAPTER) and (DEFAULT_ADAPTER / "adapter_config.json").is_file()
+    assert parse_args(["--adapter", "none"]).adapter is None
+    assert parse_args(["--model", "m.gguf"]).adapter is None
+    assert parse_args(["--model", "m.gguf", "--adapter", "a"]).adapter == "a"
+
+
 def test_lists_accept_commas_and_spaces():
     from evaluate import parse_args
     args = parse_args(["--tasks", "passkey,niah_single", "kv_retrieval", "--lengths", "1024,2048", "4096"])
