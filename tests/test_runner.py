@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_model
 from swaa import SWAAConfig
@@ -136,6 +137,23 @@ def test_answers_longer_than_max_new_tokens_warn(model, smollm2_tokenizer, tmp_p
     _run(model, smollm2_tokenizer, tmp_path / "b", configs={"fa": SWAAConfig()}, tasks=["niah_multivalue"], n=1,
          max_new_tokens=40)
     assert "below the reference answer length" not in caplog.text
+
+
+def test_out_of_memory_halves_the_batch(model, smollm2_tokenizer, tmp_path, monkeypatch, caplog):
+    generate, tried = runner.generate_answers, []
+
+    def small_gpu(model, tokenizer, prompts, max_new_tokens, batch_size):
+        tried.append(batch_size)
+        if batch_size > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    monkeypatch.setattr(runner, "generate_answers", small_gpu)
+    records = _run(model, smollm2_tokenizer, tmp_path, configs={"fa": SWAAConfig()}, batch_size=4)
+    assert tried == [4, 2, 1] and records[0]["n"] == 2
+    assert "generating this cell again with batch_size 1" in caplog.text
+    monkeypatch.setattr(runner, "generate_answers", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    with pytest.raises(torch.OutOfMemoryError):
+        _run(model, smollm2_tokenizer, tmp_path / "b", configs={"fa": SWAAConfig()}, batch_size=1)
 
 
 def test_parse_swaa_spec():

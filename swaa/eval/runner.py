@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from peft import PeftModel
 from tqdm.auto import tqdm
@@ -142,6 +143,19 @@ def _warn_short_answers(cells: list[_Cell], tokenizer: PreTrainedTokenizerBase, 
                     "raise max_new_tokens to %d", max_new_tokens, short, max(short.values()))
 
 
+def _generate_with_backoff(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """generate_answers, halving the batch after a CUDA out-of-memory error (other jobs may share the GPU)."""
+    while True:
+        try:
+            return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory: generating this cell again with batch_size %d", batch_size)
+
+
 def _evaluate_cell(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, cell: _Cell,
                    scorer: str | None, judge: JudgeScorer | None, max_new_tokens: int,
                    batch_size: int) -> tuple[list[float], list[dict[str, Any]], int, float]:
@@ -150,8 +164,8 @@ def _evaluate_cell(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedToke
     Unparsed judge verdicts count as wrong; `scorer` None uses each sample's own scorer.
     """
     t0 = time.perf_counter()
-    predictions = generate_answers(model, tokenizer, [s.prompt for s in cell.samples], max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size)
+    predictions = _generate_with_backoff(model, tokenizer, [s.prompt for s in cell.samples], max_new_tokens,
+                                         batch_size)
     if judge is not None:
         verdicts = judge([s.prompt for s in cell.samples], predictions, [s.answers for s in cell.samples])
         scores = [float(bool(v)) for v in verdicts]
