@@ -1,7 +1,7 @@
 """Training-speed benchmark: LoRA fine-tuning step time and tokens/s, FA versus SWAA, on a model with random weights.
 
 One step = forward + backward + optimizer step on one sequence (batch 1, bf16, gradient checkpointing), the last 10%
-of tokens supervised (answer rows). Run on a GPU: python -m swaa.bench_train --lengths 16384 32768
+of tokens supervised (answer rows). Run on a GPU: python -m swaa.bench_train --lengths 16384 32768 [--profile]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from swaa import SWAAConfig, apply_swaa
 from swaa.bench import SHAPES
 from swaa.eval.results import write_atomic
+from swaa.profiling import time_breakdown
 
 log = logging.getLogger(__name__)
 CONFIGS = {"fa": SWAAConfig(),
@@ -38,24 +39,31 @@ def build(layers: int, device: str):
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"]))
 
 
-def step_time(model, length: int, steps: int, device: str) -> tuple[float, float]:
-    """Median seconds per optimizer step and the last loss."""
+def step_time(model, length: int, steps: int, device: str, profile: bool = False) -> tuple[float, float, dict | None]:
+    """Median seconds per optimizer step, the last loss, and (profile) one more step's time per kernel category."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
     labels = torch.full_like(ids, -100)
     labels[:, -length // 10:] = ids[:, -length // 10:]
-    times, loss = [], None
-    for i in range(steps + 2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def one_step() -> torch.Tensor:
         loss = model(input_ids=ids, labels=labels, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        return loss
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times, loss = [], None
+    for i in range(steps + 2):
+        sync()
+        start = time.perf_counter()
+        loss = one_step()
+        sync()
         if i >= 2:  # warm-up: compilation, allocator
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], loss.item()
+    breakdown = time_breakdown(one_step, torch.device(device))[0] if profile else None
+    return sorted(times)[len(times) // 2], loss.item(), breakdown
 
 
 def check(model, backend: str, device: str) -> float:
@@ -82,6 +90,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=["auto"], help="SWAA backends to time (FA is timed once)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one more step per config (untimed): ms per kernel category")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -108,10 +118,10 @@ def main() -> None:
             cfg = CONFIGS[name]
             apply_swaa(base, cfg, backend=backend)
             torch.cuda.reset_peak_memory_stats()
-            t, loss = step_time(model, length, args.steps, "cuda")
+            t, loss, breakdown = step_time(model, length, args.steps, "cuda", args.profile)
             rows.append({"config": name, "tag": cfg.tag, "backend": backend if cfg.enabled else "sdpa",
                          "length": length, "step_s": t, "tokens_per_s": length / t,
-                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss})
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss, "profile": breakdown})
             log.info("%s", rows[-1])
             save(args.out, rows, errors)
     fa = {r["length"]: r["step_s"] for r in rows if r["config"] == "fa"}
@@ -120,6 +130,10 @@ def main() -> None:
         r["speedup"] = fa[r["length"]] / r["step_s"]
         print(f"| {r['config']} ({r['tag']}) | {r['backend']} | {r['length']} | {r['step_s']:.3f} | "
               f"{r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | {r['peak_gib']:.1f} |")
+    for r in rows:
+        if r["profile"]:
+            log.info("%s %s %d where the time goes (ms): %s", r["config"], r["backend"], r["length"],
+                     {k: round(v, 1) for k, v in r["profile"].items()})
     save(args.out, rows, errors)
 
 
