@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from swaa import SWAAConfig
-from swaa.eval.report import markdown_table, records_frame, summary_table, write_report
+from swaa.eval.report import main, markdown_table, records_frame, summary_table, write_report
 from swaa.eval.results import ResultStore, make_key
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
@@ -59,7 +59,9 @@ def test_no_fa_row_and_multiple_runs(tmp_path):
     assert not any(c.startswith("prefill") for c in table.columns)
     ckpts = [r for run in ("teacher", "student") for r in
              _records(tmp_path / run, speed=False, adapter=f"runs/{run}/checkpoints/last.ckpt")]
-    assert set(summary_table(ckpts)["run"]) == {"SmolLM2.gguf + teacher/last.ckpt", "SmolLM2.gguf + student/last.ckpt"}
+    assert set(summary_table(ckpts)["run"]) == {"SmolLM2.gguf + teacher", "SmolLM2.gguf + student"}
+    other = _records(tmp_path / "mid", speed=False, adapter="runs/teacher/checkpoints/epoch=0-step=50.ckpt")
+    assert set(summary_table(other)["run"]) == {"SmolLM2.gguf + teacher/epoch=0-step=50.ckpt"}
     md = markdown_table(table)
     assert md.splitlines()[0].startswith("| run | config |") and "| - |" in md
 
@@ -81,6 +83,17 @@ def test_write_report_files(tmp_path):
     assert list(csv["config"]) == ["fa", "naive", "sink"] and "% of FA" in csv.columns
     assert paths["markdown"].read_text().startswith("| config |")
     assert "speed_plot" not in write_report(_records(tmp_path / "nospeed", speed=False), tmp_path / "r2")
+
+
+def test_cli_merges_a_checkpoint_and_its_exported_adapter(tmp_path):
+    """FA measured on runs/t/checkpoints/last.ckpt, SWA configs on the adapter exported from it: one run, one % of FA."""
+    _records(tmp_path / "a", speed=False, adapter="runs/t/checkpoints/last.ckpt")
+    _records(tmp_path / "b", speed=False, adapter="data/adapters/t")
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
+    csv = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert list(csv["config"]) == ["fa", "naive", "sink"]
+    assert set(csv["run"]) == {"SmolLM2.gguf + t"}
+    assert list(csv["% of FA"].round()) == [100, 33, 67]
 
 
 def test_empty_records():

@@ -1,7 +1,11 @@
-"""Tables (Markdown, CSV) and plots (PNG) from evaluation records: one row per model run and SWAA configuration."""
+"""Tables (Markdown, CSV) and plots (PNG) from evaluation records: one row per model run and SWAA configuration.
+
+Merge several result folders into one report: python -m swaa.eval.report results/a results/b --out results/all
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import math
@@ -11,19 +15,23 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from swaa.eval.results import write_atomic
+from swaa.eval.results import load_records, write_atomic
 
 log = logging.getLogger(__name__)
 FA_TAG = "fa"
 
 
 def _run_label(key: dict[str, Any]) -> str:
-    """Model file name, plus the adapter's: runs/<run>/checkpoints/last.ckpt reads '<run>/last.ckpt'."""
+    """Model file name, plus the adapter's: runs/<run>/checkpoints/last.ckpt reads '<run>', like the adapter folder
+    exported from it (so the two share a row); another checkpoint of the run reads '<run>/<file>'."""
     model = Path(key["model"]).name
     if key["adapter"] is None:
         return model
     adapter = Path(key["adapter"])
-    name = f"{adapter.parent.parent.name}/{adapter.name}" if adapter.parent.name == "checkpoints" else adapter.name
+    name = adapter.name
+    if adapter.parent.name == "checkpoints":
+        run = adapter.parent.parent.name
+        name = run if adapter.name == "last.ckpt" else f"{run}/{adapter.name}"
     return f"{model} + {name}"
 
 
@@ -165,3 +173,17 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str
         paths["speed_plot"] = out / "speed.png"
         _save_png(speed, paths["speed_plot"])
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="One report (table.md, table.csv, plots) from several result folders.")
+    parser.add_argument("results", nargs="+", help="result folders (or results.jsonl files) of evaluate.py")
+    parser.add_argument("--out", required=True, help="folder for table.md, table.csv, accuracy.png (speed.png)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for path in write_report(load_records(args.results), args.out).values():
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
