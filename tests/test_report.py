@@ -86,7 +86,7 @@ def test_write_report_files(tmp_path):
 
 
 def test_cli_merges_a_checkpoint_and_its_exported_adapter(tmp_path):
-    """FA measured on runs/t/checkpoints/last.ckpt, SWA configs on the adapter exported from it: one run, one % of FA."""
+    """Records of runs/t/checkpoints/last.ckpt and of the adapter exported from it form one run."""
     _records(tmp_path / "a", speed=False, adapter="runs/t/checkpoints/last.ckpt")
     _records(tmp_path / "b", speed=False, adapter="data/adapters/t")
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
