@@ -1,6 +1,8 @@
 """Model-level inference benchmark: prefill time, decode time per token, peak memory, KV-cache size per configuration.
 
 Random-weight models of a named shape; every configuration is checked against the float32 reference backend first.
+Decode is timed twice: on the DynamicCache as generate runs it, and on swaa.static_decode's fixed buffers (one CUDA
+graph replay per token on GPU).
 Run on a GPU: python -m swaa.bench --lengths 16384,32768 --out BENCHMARKS.json --markdown BENCHMARKS_model.md
 """
 
@@ -11,9 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import functools
 import gc
-import inspect
 import json
 import logging
 import platform
@@ -31,7 +31,9 @@ from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.attention import BACKENDS
 from swaa.eval.results import write_atomic
 from swaa.integration import resolve_backend
+from swaa.models import cache_argument
 from swaa.profiling import CATEGORIES, IDLE, time_breakdown
+from swaa.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,11 @@ class BenchConfig:
         if self.swaa.enabled:
             return self.swaa
         return SWAAConfig(window=self.hf_window or n_tokens)  # no window: W >= n is full attention
+
+    @property
+    def static_decode(self) -> bool:
+        """Also time StaticDecoder steps (not for transformers' own sliding layers: it applies SWAA's masks only)."""
+        return self.hf_window is None
 
     def check_length(self) -> int:
         """Prompt length of the correctness check: CHECK_ROWS rows past the window and the sinks."""
@@ -208,21 +215,22 @@ def prepare(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> None:
         apply_swaa(model, cfg.swaa, backend=backend)
 
 
-@functools.cache
-def _cache_argument(model_cls: type) -> str:
-    """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 knows only the old one."""
-    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
-
-
 def forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache, keep: int) -> torch.Tensor:
     """Logits (B, keep, V) of the last `keep` positions, extending `cache`."""
-    return model(ids, use_cache=True, logits_to_keep=keep, **{_cache_argument(type(model)): cache}).logits
+    return model(ids, use_cache=True, logits_to_keep=keep, **{cache_argument(type(model)): cache}).logits
 
 
 def decode(model: PreTrainedModel, logits: torch.Tensor, cache: DynamicCache, steps: int) -> torch.Tensor:
     """`steps` greedy decode steps from the last logits, one token per forward."""
     for _ in range(steps):
         logits = forward(model, logits[:, -1].argmax(-1, keepdim=True), cache, keep=1)
+    return logits
+
+
+def static_decode(decoder: StaticDecoder, logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` greedy steps of an open StaticDecoder from the last logits."""
+    for _ in range(steps):
+        logits = decoder.step(logits[:, -1].argmax(-1, keepdim=True))
     return logits
 
 
@@ -242,6 +250,14 @@ def check_logits(model: PreTrainedModel, ids: torch.Tensor, prompt: int) -> torc
     logits = [forward(model, ids[:, :prompt], cache, keep=CHECK_ROWS)]
     logits += [forward(model, ids[:, t:t + 1], cache, keep=1) for t in range(prompt, ids.shape[1])]
     return torch.cat(logits, 1).float()
+
+
+def check_static_logits(model: PreTrainedModel, ids: torch.Tensor, prompt: int) -> torch.Tensor:
+    """float32 logits of teacher-forced StaticDecoder steps over ids[prompt:] after a prefill of ids[:prompt]."""
+    cache = DynamicCache(config=model.config)
+    forward(model, ids[:, :prompt], cache, keep=1)
+    with StaticDecoder(model, cache, ids.shape[1] - prompt) as decoder:
+        return torch.cat([decoder.step(ids[:, t:t + 1]).float() for t in range(prompt, ids.shape[1])], 1)
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -265,8 +281,23 @@ def check_config(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> dict
     prepare(model, cfg, backend)
     error = relative_error(check_logits(model, ids, prompt), want)
     tolerance = max(2 * baseline_error, MIN_TOLERANCE[model.dtype])
-    return {"check_tokens": prompt + CHECK_DECODE, "rel_error": error, "baseline_rel_error": baseline_error,
-            "tolerance": tolerance, "passed": error <= tolerance}
+    out = {"check_tokens": prompt + CHECK_DECODE, "rel_error": error, "baseline_rel_error": baseline_error,
+           "tolerance": tolerance, "passed": error <= tolerance}
+    if cfg.static_decode:
+        out.update(check_static(model, ids, prompt, want[:, CHECK_ROWS:], baseline_error))
+    return out
+
+
+def check_static(model: PreTrainedModel, ids: torch.Tensor, prompt: int, want: torch.Tensor,
+                 baseline_error: float) -> dict[str, Any]:
+    """The StaticDecoder's decode logits against the reference's `want`; a failure or crash only skips its timing."""
+    tolerance = max(2 * baseline_error, MIN_TOLERANCE[model.dtype])
+    try:
+        error = relative_error(check_static_logits(model, ids, prompt), want)
+    except Exception as e:
+        log.exception("the StaticDecoder check raised")
+        return {"static_passed": False, "static_note": f"{type(e).__name__}: {e}"}
+    return {"static_rel_error": error, "static_tolerance": tolerance, "static_passed": error <= tolerance}
 
 
 def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
@@ -284,32 +315,39 @@ def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return start.elapsed_time(end), result
 
 
-def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int) -> dict[str, Any]:
-    """One prefill (timed) and `decode_tokens` greedy steps from its cache (timed as a whole)."""
+def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, static: bool) -> dict[str, Any]:
+    """One prefill (timed) and `decode_tokens` greedy steps from its cache (timed as a whole); then, if `static`,
+    the same number of StaticDecoder steps from that cache (its setup, the graph capture included, timed apart)."""
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cache = DynamicCache(config=model.config)
     prefill_ms, logits = timed_ms(lambda: forward(model, ids, cache, keep=1), device)
     kv_bytes = kv_cache_bytes(cache)
-    decode_ms, _ = timed_ms(lambda: decode(model, logits, cache, decode_tokens), device)
+    decode_ms, logits = timed_ms(lambda: decode(model, logits, cache, decode_tokens), device)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"prefill_ms": prefill_ms, "decode_ms_per_token": decode_ms / decode_tokens, "kv_bytes": kv_bytes,
-            "peak_bytes": peak}
+    out = {"prefill_ms": prefill_ms, "decode_ms_per_token": decode_ms / decode_tokens, "kv_bytes": kv_bytes,
+           "peak_bytes": peak}
+    if static:
+        with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
+            out["static_setup_ms"], logits = timed_ms(lambda: static_decode(decoder, logits, 1), device)
+            static_ms, _ = timed_ms(lambda: static_decode(decoder, logits, decode_tokens), device)
+        out["static_decode_ms_per_token"] = static_ms / decode_tokens
+    return out
 
 
-def measure(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int,
-            device: torch.device) -> dict[str, Any]:
+def measure(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
+            static: bool = False) -> dict[str, Any]:
     """Medians over `repeats` runs at one prompt length (every run listed too)."""
     ids = random_ids(model.config.vocab_size, length, device, seed=length)
-    runs = [measure_once(model, ids, decode_tokens) for _ in range(repeats)]
+    runs = [measure_once(model, ids, decode_tokens, static) for _ in range(repeats)]
     peaks = [r["peak_bytes"] for r in runs]
-    return {"prefill_ms": statistics.median(r["prefill_ms"] for r in runs),
-            "decode_ms_per_token": statistics.median(r["decode_ms_per_token"] for r in runs),
-            "peak_mem_gib": None if None in peaks else max(peaks) / 2**30,
-            "kv_cache_mib": runs[-1]["kv_bytes"] / 2**20,
-            "prefill_ms_runs": [r["prefill_ms"] for r in runs],
-            "decode_ms_per_token_runs": [r["decode_ms_per_token"] for r in runs]}
+    out = {"peak_mem_gib": None if None in peaks else max(peaks) / 2**30, "kv_cache_mib": runs[-1]["kv_bytes"] / 2**20}
+    for name in ("prefill_ms", "decode_ms_per_token") + (("static_decode_ms_per_token", "static_setup_ms") if static
+                                                          else ()):
+        out[name] = statistics.median(r[name] for r in runs)
+        out[name + "_runs"] = [r[name] for r in runs]
+    return out
 
 
 def free_memory(device: torch.device) -> None:
@@ -318,29 +356,37 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int,
-                 device: torch.device) -> dict[str, Any]:
+def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
+                 static: bool = False) -> dict[str, Any]:
     """measure(), or status OOM when the device runs out of memory at this length."""
     try:
-        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device)}
+        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device, static)}
     except torch.OutOfMemoryError:
         log.warning("out of memory at length %d", length)
     free_memory(device)
     return {"status": "OOM"}
 
 
-def profile_cell(model: PreTrainedModel, length: int, decode_tokens: int, device: torch.device) -> dict[str, Any]:
-    """Where one prefill's and one decode step's time goes (ms per category; decode averaged over its steps)."""
+def profile_cell(model: PreTrainedModel, length: int, decode_tokens: int, device: torch.device,
+                 static: bool = False) -> dict[str, Any]:
+    """Where one prefill's and one decode step's time goes (ms per category; decode averaged over its steps), and
+    one StaticDecoder step's if `static` (after its first step, which captures the graph)."""
     ids = random_ids(model.config.vocab_size, length, device, seed=length)
     cache = DynamicCache(config=model.config)
     prefill, logits = time_breakdown(lambda: forward(model, ids, cache, keep=1), device)
-    decode_total, _ = time_breakdown(lambda: decode(model, logits, cache, decode_tokens), device)
-    return {"prefill": prefill, "decode": {k: v / decode_tokens for k, v in decode_total.items()}}
+    decode_total, logits = time_breakdown(lambda: decode(model, logits, cache, decode_tokens), device)
+    out = {"prefill": prefill, "decode": {k: v / decode_tokens for k, v in decode_total.items()}}
+    if static:
+        with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
+            logits = static_decode(decoder, logits, 1)
+            total, _ = time_breakdown(lambda: static_decode(decoder, logits, decode_tokens), device)
+        out["static decode"] = {k: v / decode_tokens for k, v in total.items()}
+    return out
 
 
 def warm_up(model: PreTrainedModel, length: int, device: torch.device) -> None:
     """One prefill and a few decode steps, so compilation and allocator growth stay out of the numbers."""
-    measure_once(model, random_ids(model.config.vocab_size, length, device, seed=0), decode_tokens=4)
+    measure_once(model, random_ids(model.config.vocab_size, length, device, seed=0), decode_tokens=4, static=False)
 
 
 def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens: int, repeats: int,
@@ -366,12 +412,16 @@ def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens
         else:
             log.info("%s passed the check: rel. error %.2e (tolerance %.2e)", cfg.name, check["rel_error"],
                      check["tolerance"])
+            static = check.get("static_passed", False)
+            if cfg.static_decode and not static:
+                log.error("%s: the StaticDecoder FAILED its check, its decode is not timed (%s)", cfg.name, check)
             warm_up(model, max(1, min(lengths) // 2), device)
             rows = []
             for n in lengths:
-                rows.append({**base, "length": n, **measure_cell(model, n, decode_tokens, repeats, device)})
+                rows.append({**base, "length": n,
+                             **measure_cell(model, n, decode_tokens, repeats, device, static)})
                 if profile and rows[-1]["status"] == "ok":
-                    rows[-1]["profile"] = profile_cell(model, n, min(decode_tokens, PROFILE_DECODE), device)
+                    rows[-1]["profile"] = profile_cell(model, n, min(decode_tokens, PROFILE_DECODE), device, static)
                 log.info("%s", rows[-1])
     del model
     free_memory(device)
@@ -385,6 +435,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         ref = fa.get(r["length"]) if r["status"] == "ok" else None
         r["prefill_speedup"] = ref["prefill_ms"] / r["prefill_ms"] if ref else None
         r["decode_speedup"] = ref["decode_ms_per_token"] / r["decode_ms_per_token"] if ref else None
+        static = r.get("static_decode_ms_per_token")
+        r["static_decode_speedup"] = ref["static_decode_ms_per_token"] / static if ref and static and \
+            ref.get("static_decode_ms_per_token") else None
+        r["static_vs_fa_decode"] = ref["decode_ms_per_token"] / static if ref and static else None
 
 
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
@@ -416,14 +470,17 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         return "n/a" if value is None else format(value, spec) + suffix
 
     lines = ["| config | tag | length | prefill ms | prefill speedup vs FA | decode ms/token | decode speedup | "
-             "peak mem GiB | KV cache MiB | check rel. error |", "|" + "---|" * 10]
+             "static decode ms/token | vs FA static | vs FA decode | peak mem GiB | KV cache MiB | check rel. error |",
+             "|" + "---|" * 13]
     for r in rows:
         check = fmt(r.get("rel_error"), ".1e")
         if r["status"] != "ok":
-            cells = [r["status"]] + ["-"] * 5
+            cells = [r["status"]] + ["-"] * 8
         else:
             cells = [fmt(r["prefill_ms"], ".1f"), fmt(r["prefill_speedup"], ".2f", "x"),
                      fmt(r["decode_ms_per_token"], ".2f"), fmt(r["decode_speedup"], ".2f", "x"),
+                     fmt(r.get("static_decode_ms_per_token"), ".2f"), fmt(r.get("static_decode_speedup"), ".2f", "x"),
+                     fmt(r.get("static_vs_fa_decode"), ".2f", "x"),
                      fmt(r["peak_mem_gib"], ".2f"), fmt(r["kv_cache_mib"], ".1f")]
         lines.append(f"| {r['config']} | {r['tag']} | {r['length']} | " + " | ".join(cells) + f" | {check} |")
     info = {k: v for k, v in meta.items() if k not in ("configs", "command", "model")}

@@ -173,7 +173,7 @@ def _log_choice_once(choice: str, device_type: str) -> None:
     log.info("SWAA backend 'auto' -> %r on %s", choice, device_type)
 
 
-def _attention_layers(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
+def attention_layers(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
     """The self-attention module of every decoder layer, by layer index."""
     layers = {}
     for module in model.modules():
@@ -200,7 +200,7 @@ def apply_swaa(model: PreTrainedModel, config: SWAAConfig | None = None, backend
         config = SWAAConfig.from_dict(model.config.swaa)
     depth = model.config.num_hidden_layers
     config.layer_kinds(depth)  # validates layer indices against the depth
-    layers = _attention_layers(model)
+    layers = attention_layers(model)
     if not type(model)._supports_attention_backend or sorted(layers) != list(range(depth)):
         raise ValueError(f"{type(model).__name__} is not supported: SWAA needs {SUPPORTED} "
                          f"(found attention layers {sorted(layers)} for {depth} decoder layers)")
@@ -228,7 +228,7 @@ def remove_swaa(model: PreTrainedModel) -> PreTrainedModel:
     if runtime is not None:
         runtime.handle.remove()
         model.set_attn_implementation(runtime.original_impl)
-        for module in _attention_layers(model).values():
+        for module in attention_layers(model).values():
             module.__dict__.pop("swaa_layer", None)
     model.config.__dict__.pop("swaa", None)
     return model

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 
@@ -12,6 +14,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretr
 
 log = logging.getLogger(__name__)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@functools.cache
+def cache_argument(model_cls: type) -> str:
+    """The forward's KV-cache argument: transformers 5.24 renamed `past_key_values` (which warns) to `cache`."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 def default_model_path() -> Path:

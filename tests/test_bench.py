@@ -35,6 +35,15 @@ def test_every_config_timed_with_ratios_against_fa(rows):
             assert r["prefill_speedup"] == pytest.approx(fa["prefill_ms"] / r["prefill_ms"])
             assert r["decode_speedup"] == pytest.approx(fa["decode_ms_per_token"] / r["decode_ms_per_token"])
     assert rows["fa", 64]["prefill_speedup"] == 1.0
+    for name in ["fa", *SWAA_NAMES]:  # static decode: checked against the reference, timed, with its ratios
+        r = rows[name, 128]
+        assert r["static_passed"] and r["static_rel_error"] <= r["static_tolerance"]
+        assert r["static_decode_ms_per_token"] > 0 and r["static_setup_ms"] > 0
+        assert r["static_decode_speedup"] == pytest.approx(rows["fa", 128]["static_decode_ms_per_token"]
+                                                           / r["static_decode_ms_per_token"])
+        assert r["static_vs_fa_decode"] == pytest.approx(rows["fa", 128]["decode_ms_per_token"]
+                                                         / r["static_decode_ms_per_token"])
+    assert "static_decode_ms_per_token" not in rows["hf_sliding_sdpa", 64]  # transformers' masks, not SWAA's
     # transformers compiles flex_attention with inductor, which fails on CPU: reported, not timed, not FAILED
     assert {rows["hf_sliding_flex", n]["status"] for n in LENGTHS} == {"UNSUPPORTED"}
 
@@ -53,6 +62,16 @@ def window_ignored(module, query, key, value, attention_mask=None, scaling=None,
     out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling,
                                          enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
+
+
+def test_static_decode_failing_the_check_is_not_timed(monkeypatch):
+    """A StaticDecoder that forgets the sink tokens fails its check and is not timed."""
+    import swaa.static_decode as static
+    monkeypatch.setattr(static, "visible", lambda q, k, p, window, sink, kind: (k >= 0) & (k <= q) & (q - k < window))
+    rows = tiny_run(["swa_all"])
+    assert [r["status"] for r in rows] == ["ok", "ok"]  # the DynamicCache path is still checked and timed
+    assert rows[0]["rel_error"] <= rows[0]["tolerance"] and rows[0]["static_rel_error"] > rows[0]["static_tolerance"]
+    assert not rows[0]["static_passed"] and all("static_decode_ms_per_token" not in r for r in rows)
 
 
 def test_config_failing_the_check_is_not_timed(monkeypatch):
@@ -105,7 +124,8 @@ def test_profile_breaks_time_into_categories(tmp_path):
     from swaa.profiling import CATEGORIES, IDLE
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     for r in rows:
-        for phase in ("prefill", "decode"):
+        assert set(r["profile"]) == {"prefill", "decode", "static decode"}
+        for phase in ("prefill", "decode", "static decode"):
             prof = r["profile"][phase]
             busy = sum(prof[c] for c, _ in CATEGORIES) + prof["other"]
             assert prof["attention"] > 0 and prof["matmul"] > 0
