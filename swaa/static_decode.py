@@ -3,6 +3,8 @@
 Built from a prefilled DynamicCache. SWA layers on the sink+window cache get their sink slots plus a ring of W slots
 (memory constant in the context); every other layer gets a buffer of its cache plus `max_new_tokens`. A step writes
 the new key into its slot and attends over the whole buffer under swaa.masks.visible, so no shape ever changes.
+Full and FA-decode layers over an unpadded prefill split that: one unmasked FlashAttention call over the prefill's
+keys (which every new token sees), merged by log-sum-exp with the few masked new slots.
 """
 
 from __future__ import annotations
@@ -69,14 +71,41 @@ class _Handle:
     layer_idx: int
 
 
+def attention_with_lse(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked attention (B, H, Lq, D) and its log-sum-exp (B, H, Lq): FlashAttention on CUDA in half precision."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+        return out, lse
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    return torch.matmul(torch.softmax(scores, -1), v.float()), scores.logsumexp(-1)
+
+
+def prefix_and_new_attention(q, key, value, prefix: int, new_mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention over slots [0, prefix), all visible, merged with the slots after it under `new_mask` (B, 1, 1, n)."""
+    out_prefix, lse_prefix = attention_with_lse(q, key[:, :, :prefix], value[:, :, :prefix], scale)
+    scores = torch.matmul(q.float(), key[:, :, prefix:].float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~new_mask, float("-inf"))  # the step's own key is always visible: finite lse
+    lse_new = scores.logsumexp(-1)
+    out_new = torch.matmul(torch.softmax(scores, -1), value[:, :, prefix:].float())
+    top = torch.maximum(lse_prefix, lse_new)
+    w_prefix, w_new = (lse_prefix - top).exp()[..., None], (lse_new - top).exp()[..., None]
+    return ((out_prefix.float() * w_prefix + out_new * w_new) / (w_prefix + w_new)).to(q.dtype)
+
+
 def static_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """One query per sequence over the layer's whole buffer, masked by the decoder's visibility mask of this step."""
     handle = module.__dict__["swaa_static"]
-    mask = handle.decoder.masks[handle.layer_idx]  # (B, 1, 1, C)
+    decoder, idx = handle.decoder, handle.layer_idx
+    mask = decoder.masks[idx]  # (B, 1, 1, C)
     b, hq, lq, d = query.shape
     hkv = key.shape[1]
     q = query.reshape(b, hkv, hq // hkv * lq, d)  # the query heads sharing a KV head become its rows (lq == 1)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    scale = d ** -0.5 if scaling is None else scaling
+    prefix = decoder.visible_prefix[idx]
+    if prefix:
+        out = prefix_and_new_attention(q, key, value, prefix, mask[..., prefix:], scale)
+    else:
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)
     return out.reshape(b, hq, lq, d).transpose(1, 2).contiguous(), None
 
 
@@ -116,6 +145,10 @@ class StaticDecoder:
         self.hf_pos = torch.full((batch, 1), seen, dtype=torch.long, device=device)  # transformers' position_ids
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.layers = self._build_layers(cache, k_pos, seen)
+        # slots every new token sees in full and FA-decode layers on a growing buffer (0: mask the whole buffer)
+        unpadded = bool((k_pos >= 0).all())
+        self.visible_prefix = [seen if unpadded and layer.slots.ring is None and kind in ("full", "swa_fa_decode")
+                               else 0 for layer, kind in zip(self.layers, self.kinds)]
         self.cache = _StaticCache(self.layers)
         self.families = list({id(layer.slots): layer.slots for layer in self.layers}.values())
         self.graph = torch.cuda.CUDAGraph() if (device.type == "cuda" if graph is None else graph) else None

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from conftest import tiny_model
 from swaa import SWAAConfig, apply_swaa
-from swaa.static_decode import IMPLEMENTATION, StaticDecoder
+from swaa.static_decode import IMPLEMENTATION, StaticDecoder, prefix_and_new_attention
 from test_integration import batch
 
 NEW = 14  # decode steps: more than W, so the ring of the SWA layers wraps around
@@ -60,12 +60,14 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("lengths", [(20, 33), (33, 33)], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_static_decode_equals_dynamic_decode(family, case):
+def test_static_decode_equals_dynamic_decode(family, case, lengths):
+    """Padded batches mask whole buffers; unpadded ones split full and FA-decode layers into prefix + new slots."""
     cfg, sliding = CASES[case]
     model = apply_swaa(tiny_model(family), cfg, backend="reference", sliding_cache=sliding)
-    ids, mask = batch((20, 33))
+    ids, mask = batch(lengths)
     want_tokens, want = dynamic_decode(model, ids, mask, NEW)
     tokens, got = static_decode(model, ids, mask, NEW)
     assert torch.equal(tokens, want_tokens)
@@ -125,3 +127,24 @@ def test_cuda_graph_replays_equal_dynamic_decode(case):
     tokens, got = static_decode(model, ids, mask, NEW, graph=True)
     assert torch.equal(tokens, want_tokens)
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def reference_attention(q, k, v, mask, scale):
+    """float64 masked softmax attention; mask (B, 1, 1, Lk)."""
+    scores = (q.double() @ k.double().transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1) @ v.double()
+
+
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float32), pytest.param(
+    "cuda", torch.bfloat16, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_prefix_and_new_attention_against_float64(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    b, h, rows, d, prefix, new = 2, 3, 4, 64, 300, 9
+    q, k, v = (torch.randn(b, h, n, d, generator=g) for n in (rows, prefix + new, prefix + new))
+    mask = torch.zeros(b, 1, 1, prefix + new, dtype=torch.bool)
+    mask[..., :prefix + 3] = True  # three new slots written so far
+    mask[1, ..., prefix + 1] = False
+    want = reference_attention(q, k, v, mask, d ** -0.5)
+    q, k, v, mask = (t.to(device) for t in (q.to(dtype), k.to(dtype), v.to(dtype), mask))
+    got = prefix_and_new_attention(q, k, v, prefix, mask[..., prefix:], d ** -0.5).double().cpu()
+    assert ((got - want).norm() / want.norm()).item() < (1e-5 if dtype == torch.float32 else 1e-2)
