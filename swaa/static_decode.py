@@ -268,6 +268,8 @@ class StaticDecoder:
 
     # -- model state while open ------------------------------------------------------------------------------------
     def __enter__(self) -> "StaticDecoder":
+        if self.steps or self._saved_impl is not None:
+            raise RuntimeError("a StaticDecoder is opened once; build a new one from a new prefill")
         self._saved_impl = self.model.config._attn_implementation
         for idx, module in attention_layers(self.model).items():
             module.swaa_static = _Handle(self, idx)

@@ -113,8 +113,12 @@ def test_bad_input():
     decoder = StaticDecoder(model, prefill(model, ids, mask)[0], max_new_tokens=2)
     with pytest.raises(RuntimeError, match="inside `with"):
         decoder.step(ids[:, -1:])
-    with decoder, pytest.raises(ValueError, match="input_ids has shape"):
-        decoder.step(ids[:, -2:])
+    with decoder:
+        with pytest.raises(ValueError, match="input_ids has shape"):
+            decoder.step(ids[:, -2:])
+        decoder.step(ids[:, -1:])
+    with pytest.raises(RuntimeError, match="opened once"), decoder:
+        pass
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
