@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from swaa.eval.generate import DECODE_MODES
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, PRESETS, load_grid, parse_swaa_spec, run_grid
 
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scorer", help="override every sample's scorer (e.g. contains, or judge with --judge-model)")
     p.add_argument("--judge-model", help="model that judges answers when --scorer judge")
     p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
+    p.add_argument("--decode", choices=DECODE_MODES, default="generate",
+                   help="answers by transformers' generate, or by StaticDecoder steps (one CUDA graph replay per "
+                        "token on GPU; the same greedy answers) (default: %(default)s)")
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.update({k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None})
         records = run_grid(args.model, args.adapter, configs, scorer=args.scorer, data_file=args.data,
                            judge_model=args.judge_model, speed=args.speed, out_dir=args.out, device=args.device,
-                           **settings)
+                           decode=args.decode, **settings)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     paths = write_report(records, args.out)

@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 
-from swaa.eval.generate import generate_answers
+from swaa.eval.generate import DECODE_MODES, generate_answers
 from swaa.eval.scorers import score
 from swaa.eval.tasks import Sample
 
@@ -21,11 +21,16 @@ class GenerationValidation(Callback):
     config) and log `val/acc/<task>` and `val/acc`. Samples are split over ranks; the metrics are synced across them.
     """
 
-    def __init__(self, every_n_val: int = 1, max_samples: int = 32, max_new_tokens: int = 32, batch_size: int = 8):
+    def __init__(self, every_n_val: int = 1, max_samples: int = 32, max_new_tokens: int = 32, batch_size: int = 8,
+                 decode: str = "generate"):
+        """`decode`: "generate" (transformers) or "static" (StaticDecoder steps, CUDA graphs on GPU)."""
         for name, value in (("every_n_val", every_n_val), ("max_samples", max_samples),
                             ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GenerationValidation.{name}={value!r}: expected an int >= 1")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"GenerationValidation.decode={decode!r}: expected one of {DECODE_MODES}")
+        self.decode = decode
         self.every_n_val = every_n_val
         self.max_samples = max_samples
         self.max_new_tokens = max_new_tokens
@@ -60,7 +65,7 @@ class GenerationValidation(Callback):
         model.eval()
         try:
             predictions = generate_answers(model, tokenizer, [s.prompt for s in shard], self.max_new_tokens,
-                                           self.batch_size)
+                                           self.batch_size, decode=self.decode)
         finally:
             model.train(was_training)
         per_task = {task: MeanMetric().to(pl_module.device) for task in dict.fromkeys(s.task for s in samples)}

@@ -116,6 +116,7 @@ class StaticDecoder:
     """One-token decode steps of a prefilled batch on fixed buffers; on CUDA each step is one CUDA graph replay.
 
     Use as a context manager: while open, the model runs only through `step`. The prefilled cache is consumed.
+    A peft model is decoded through its base model, whose layers carry the adapters.
     """
 
     def __init__(self, model: PreTrainedModel, cache: DynamicCache, max_new_tokens: int, graph: bool | None = None,
@@ -125,6 +126,7 @@ class StaticDecoder:
             raise ValueError("StaticDecoder needs the DynamicCache of a prefill through the same model")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model, self.max_new_tokens, self.steps = model, max_new_tokens, 0
         self.runtime = model.__dict__.get("swaa_runtime")
         depth = model.config.num_hidden_layers
@@ -142,6 +144,9 @@ class StaticDecoder:
             k_pos = key_positions if key_positions is not None else torch.arange(seen, device=device).expand(batch, -1)
             self.prompt_len = torch.zeros(batch, dtype=torch.long, device=device)
         self.q_pos = (k_pos >= 0).sum(1, keepdim=True)  # (B, 1): real position of the next token
+        if any(isinstance(layer, SinkWindowLayer) for layer in cache.layers) and bool((self.q_pos < self.sink).any()):
+            raise ValueError(f"StaticDecoder needs prompts of at least sink={self.sink} real tokens, got "
+                             f"{self.q_pos.squeeze(1).tolist()}")
         self.hf_pos = torch.full((batch, 1), seen, dtype=torch.long, device=device)  # transformers' position_ids
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.layers = self._build_layers(cache, k_pos, seen)
@@ -173,9 +178,6 @@ class StaticDecoder:
 
     def _ring_slots(self, layer: SinkWindowLayer, k_pos: torch.Tensor) -> tuple[_Slots, torch.Tensor, torch.Tensor]:
         """Sink slots (a sink for any row) stay fixed; the other kept slots start a ring of W slots."""
-        if bool((self.q_pos < self.sink).any()):
-            raise ValueError(f"StaticDecoder needs prompts of at least sink={self.sink} real tokens, got "
-                             f"{self.q_pos.squeeze(1).tolist()}")
         pos = k_pos[:, layer.plan.kept]  # (B, kept)
         is_sink = ((pos >= 0) & (pos < self.sink)).any(0)
         fixed, rest = is_sink.nonzero().squeeze(1), (~is_sink).nonzero().squeeze(1)

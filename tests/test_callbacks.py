@@ -84,9 +84,25 @@ def test_state_restored_and_every_n_val(smollm2_tokenizer, val_samples):
     assert [name for name, _ in logged] == ["val/acc/passkey", "val/acc"] * 2  # validations 1 and 3
 
 
+def test_static_decode_logs_the_same_accuracy(smollm2_tokenizer, val_samples):
+    module = SWAAFineTuner(model="tiny:llama:2:49152", swaa={"window": 16, "sink": 2}, gradient_checkpointing=True)
+    module.configure_model()
+    module.model.train()
+    logged = {"generate": [], "static": []}
+    trainer = _Stub(_Data(smollm2_tokenizer, samples=val_samples))
+    for decode, values in logged.items():
+        module.log = lambda name, value, values=values, **kwargs: values.append((name, float(value)))
+        GenerationValidation(max_samples=3, max_new_tokens=6, decode=decode).on_validation_epoch_end(trainer, module)
+        assert module.model.training and module.model.is_gradient_checkpointing
+    assert logged["static"] == logged["generate"] and logged["static"]
+    assert module.model.get_base_model().config._attn_implementation == "swaa_chunked"  # restored
+
+
 def test_bad_arguments_and_datamodule(smollm2_tokenizer):
     with pytest.raises(ValueError, match="every_n_val=0"):
         GenerationValidation(every_n_val=0)
+    with pytest.raises(ValueError, match="decode='fast'"):
+        GenerationValidation(decode="fast")
     module = SWAAFineTuner(model="tiny:llama:2:49152")
     with pytest.raises(ValueError, match="needs a datamodule with val_samples"):
         GenerationValidation().on_validation_epoch_end(_Stub(_Data(smollm2_tokenizer)), module)

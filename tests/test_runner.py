@@ -56,6 +56,16 @@ def test_run_grid_records_resume_and_table(model, smollm2_tokenizer, tmp_path, m
         _run(model, smollm2_tokenizer, tmp_path, tasks=["passkey", "niah_single"], max_new_tokens=5)
 
 
+def test_static_decode_gives_the_same_records(model, smollm2_tokenizer, tmp_path):
+    def predictions(records, out):
+        return [[json.loads(line)["prediction"] for line in (out / r["samples_file"]).read_text().splitlines()]
+                for r in records]
+    want = _run(model, smollm2_tokenizer, tmp_path / "generate", max_new_tokens=6)
+    got = _run(model, smollm2_tokenizer, tmp_path / "static", max_new_tokens=6, decode="static")
+    assert [r["key_hash"] for r in got] == [r["key_hash"] for r in want]
+    assert predictions(got, tmp_path / "static") == predictions(want, tmp_path / "generate")
+
+
 def test_speed_is_measured_and_requested_later(model, smollm2_tokenizer, tmp_path):
     configs = {"fa": SWAAConfig()}
     first = _run(model, smollm2_tokenizer, tmp_path, configs=configs)
@@ -83,6 +93,7 @@ def test_data_file_cells(model, smollm2_tokenizer, tmp_path):
     (dict(configs={}), "configs: expected a non-empty mapping"),
     (dict(data_file="x.jsonl"), "a data file brings its own samples"),
     (dict(tasks=None), "give tasks and lengths"),
+    (dict(decode="fast"), r"decode='fast': expected one of \('generate', 'static'\)"),
 ])
 def test_bad_settings_fail_before_loading(no_loading, tmp_path, overrides, message):
     args = dict(configs=CONFIGS, tasks=["passkey"], lengths=[256], n=2, out_dir=tmp_path, progress=False)
@@ -142,11 +153,12 @@ def test_answers_longer_than_max_new_tokens_warn(model, smollm2_tokenizer, tmp_p
 def test_out_of_memory_halves_the_batch(model, smollm2_tokenizer, tmp_path, monkeypatch, caplog):
     generate, tried = runner.generate_answers, []
 
-    def small_gpu(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def small_gpu(model, tokenizer, prompts, max_new_tokens, batch_size, decode):
         tried.append(batch_size)
         if batch_size > 1:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        decode=decode)
     monkeypatch.setattr(runner, "generate_answers", small_gpu)
     records = _run(model, smollm2_tokenizer, tmp_path, configs={"fa": SWAAConfig()}, batch_size=4)
     assert tried == [4, 2, 1] and records[0]["n"] == 2

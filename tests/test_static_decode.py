@@ -105,8 +105,10 @@ def test_ring_buffer_is_constant_and_model_is_restored():
 def test_bad_input():
     model = apply_swaa(tiny_model("llama"), SWAAConfig(window=5, sink=4), backend="reference")
     ids, mask = batch((3,))
+    cache = prefill(model, ids, mask)[0]
     with pytest.raises(ValueError, match="at least sink=4 real tokens"):
-        StaticDecoder(model, prefill(model, ids, mask)[0], max_new_tokens=2)
+        StaticDecoder(model, cache, max_new_tokens=2)
+    assert all(layer.get_seq_length() == 3 for layer in cache.layers)  # refused before anything was consumed
     with pytest.raises(ValueError, match="prefill"):
         StaticDecoder(model, DynamicCache(config=model.config), max_new_tokens=2)
     ids, mask = batch((10,))

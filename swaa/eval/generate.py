@@ -1,4 +1,8 @@
-"""Batched greedy generation of answers to chat prompts, and prefill/decode timing."""
+"""Batched greedy generation of answers to chat prompts, and prefill/decode timing.
+
+Answers come from `model.generate` (decode="generate") or from StaticDecoder steps (decode="static": the same greedy
+tokens, one CUDA graph replay per token on GPU).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,13 @@ from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from swaa.models import cache_argument
+from swaa.static_decode import StaticDecoder
+
+DECODE_MODES = ("generate", "static")
+STOP_CHECK_EVERY = 8  # static decode checks every this many steps whether all rows have stopped (one host sync)
 
 
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
@@ -38,6 +48,30 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     return sorted(ids)
 
 
+def static_greedy(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  eos: list[int], pad_id: int) -> torch.Tensor:
+    """Greedy new tokens (B, <= max_new_tokens) as `model.generate` gives them (pad after a row's stop token), with a
+    prefill through the model and StaticDecoder steps."""
+    positions = attention_mask.long().cumsum(-1) - 1  # generate's position ids
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.masked_fill(
+        attention_mask == 0, 1), use_cache=True, logits_to_keep=1, **{cache_argument(type(model)): cache}).logits
+    key_positions = positions.masked_fill(attention_mask == 0, -1)
+    stop = torch.tensor(eos, device=input_ids.device)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    pos, tokens = positions[:, -1:], []
+    with StaticDecoder(model, cache, max_new_tokens, key_positions=key_positions) as decoder:
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1, keepdim=True).masked_fill(done[:, None], pad_id)
+            tokens.append(token)
+            done |= torch.isin(token[:, 0], stop)
+            if step + 1 == max_new_tokens or (step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(done.all())):
+                break
+            pos = pos + 1
+            logits = decoder.step(token, position_ids=pos)
+    return torch.cat(tokens, 1)
+
+
 @torch.inference_mode()
 def generate_answers(
     model: PreTrainedModel,
@@ -46,13 +80,17 @@ def generate_answers(
     max_new_tokens: int = 32,
     batch_size: int = 8,
     progress: bool = False,
+    decode: str = "generate",
 ) -> list[str]:
     """Greedy answers to `prompts` (chat template, left padding), in the order of `prompts`.
 
     Batches group prompts of similar token length; only the new tokens are decoded, special tokens skipped.
+    `decode`: "generate" (transformers) or "static" (StaticDecoder steps; CUDA graphs on GPU).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an int >= 1")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: expected one of {DECODE_MODES}")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before batched generation")
     encoded = [chat_token_ids(tokenizer, p) for p in prompts]
@@ -62,9 +100,13 @@ def generate_answers(
     for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, leave=False):
         idx = order[start:start + batch_size]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id, model.device)
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True)
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        if decode == "static":
+            new = static_greedy(model, input_ids, attention_mask, max_new_tokens, eos, tokenizer.pad_token_id)
+        else:
+            new = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                                 use_cache=True)[:, input_ids.shape[1]:]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         for i, text in zip(idx, texts):
             answers[i] = text.strip()
     return answers

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.checkpoints import load_adapter
 from swaa.eval.datasets import load_eval_file
-from swaa.eval.generate import chat_token_ids, generate_answers, measure_speed
+from swaa.eval.generate import DECODE_MODES, chat_token_ids, generate_answers, measure_speed
 from swaa.eval.results import ResultStore, make_key, path_identity, text_identity
 from swaa.eval.scorers import SCORERS, JudgeScorer, score
 from swaa.eval.tasks import TASKS, Sample, make_samples, train_answer
@@ -143,11 +143,13 @@ def _warn_short_answers(cells: list[_Cell], tokenizer: PreTrainedTokenizerBase, 
                     "raise max_new_tokens to %d", max_new_tokens, short, max(short.values()))
 
 
-def _generate_with_backoff(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def _generate_with_backoff(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                           decode: str) -> list[str]:
     """generate_answers, halving the batch after a CUDA out-of-memory error (other jobs may share the GPU)."""
     while True:
         try:
-            return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    decode=decode)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -157,15 +159,15 @@ def _generate_with_backoff(model, tokenizer, prompts: list[str], max_new_tokens:
 
 
 def _evaluate_cell(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, cell: _Cell,
-                   scorer: str | None, judge: JudgeScorer | None, max_new_tokens: int,
-                   batch_size: int) -> tuple[list[float], list[dict[str, Any]], int, float]:
+                   scorer: str | None, judge: JudgeScorer | None, max_new_tokens: int, batch_size: int,
+                   decode: str) -> tuple[list[float], list[dict[str, Any]], int, float]:
     """Generate and score one cell: (scores, per-sample outputs, unparsed judge verdicts, seconds).
 
     Unparsed judge verdicts count as wrong; `scorer` None uses each sample's own scorer.
     """
     t0 = time.perf_counter()
     predictions = _generate_with_backoff(model, tokenizer, [s.prompt for s in cell.samples], max_new_tokens,
-                                         batch_size)
+                                         batch_size, decode)
     if judge is not None:
         verdicts = judge([s.prompt for s in cell.samples], predictions, [s.answers for s in cell.samples])
         scores = [float(bool(v)) for v in verdicts]
@@ -224,15 +226,19 @@ def run_grid(
     tokenizer: PreTrainedTokenizerBase | None = None,
     model_id: str | None = None,
     progress: bool = True,
+    decode: str = "generate",
 ) -> list[dict[str, Any]]:
     """Accuracy of every (config, task, length) cell, stored in `out_dir`; finished cells are not re-run.
 
     `model_path`: Hugging Face folder, .gguf file, 'tiny:<family>:<layers>:<vocab>', or None (embedded SmolLM2).
     `model`/`tokenizer`/`model_id` inject a loaded model instead (tests). Arguments, data and prompt lengths are
-    all checked before any model is loaded. Returns one record per cell, in grid order.
+    all checked before any model is loaded. Returns one record per cell, in grid order. `decode`: "generate"
+    (transformers) or "static" (StaticDecoder, CUDA graphs on GPU; the same greedy answers).
     """
     configs = configs if configs is not None else load_grid(DEFAULT_GRID)[0]
     _check_settings(configs, tasks, lengths, n, max_new_tokens, batch_size, scorer, data_file, judge_model)
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: expected one of {DECODE_MODES}")
     injected = (model is not None, tokenizer is not None, model_id is not None)
     if any(injected) and (not all(injected) or model_path is not None or adapter is not None):
         raise ValueError("inject model, tokenizer and model_id together, without model_path or adapter")
@@ -284,7 +290,7 @@ def run_grid(
                     for cell in todo[config_name]:
                         bar.set_description(f"{config_name} {cell.label}")
                         scores, samples, n_unparsed, elapsed = _evaluate_cell(model, tokenizer, cell, scorer, judge,
-                                                                              max_new_tokens, batch_size)
+                                                                              max_new_tokens, batch_size, decode)
                         speed_length = cell.length or prompt_tokens[cell.label]
                         if speed and speed_length not in speeds:
                             speeds[speed_length] = measure_speed(model, tokenizer, speed_length)
