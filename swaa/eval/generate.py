@@ -52,6 +52,7 @@ def static_greedy(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
                   eos: list[int], pad_id: int) -> torch.Tensor:
     """Greedy new tokens (B, <= max_new_tokens) as `model.generate` gives them (pad after a row's stop token), with a
     prefill through the model and StaticDecoder steps."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: adapters live in its layers
     positions = attention_mask.long().cumsum(-1) - 1  # generate's position ids
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.masked_fill(
