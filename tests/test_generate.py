@@ -68,9 +68,10 @@ def test_bad_batch_size(model, smollm2_tokenizer):
         generate_answers(model, smollm2_tokenizer, PROMPTS, decode="fast")
 
 
-def test_measure_speed(model):
-    speed = measure_speed(model, None, length=64, new_tokens=4, repeats=2)
-    assert set(speed) == {"prefill_ms", "decode_ms_per_token"}
+@pytest.mark.parametrize("decode", ["generate", "static"])
+def test_measure_speed(model, decode):
+    speed = measure_speed(model, None, length=64, new_tokens=4, repeats=2, decode=decode)
+    assert set(speed) == {"prefill_ms", "decode_ms_per_token", "decode"} and speed["decode"] == decode
     assert speed["prefill_ms"] > 0 and speed["decode_ms_per_token"] > 0
     with pytest.raises(ValueError, match="length=0"):
         measure_speed(model, None, length=0)

@@ -61,8 +61,9 @@ def test_static_decode_gives_the_same_records(model, smollm2_tokenizer, tmp_path
         return [[json.loads(line)["prediction"] for line in (out / r["samples_file"]).read_text().splitlines()]
                 for r in records]
     want = _run(model, smollm2_tokenizer, tmp_path / "generate", max_new_tokens=6)
-    got = _run(model, smollm2_tokenizer, tmp_path / "static", max_new_tokens=6, decode="static")
+    got = _run(model, smollm2_tokenizer, tmp_path / "static", max_new_tokens=6, decode="static", speed=True)
     assert [r["key_hash"] for r in got] == [r["key_hash"] for r in want]
+    assert all(r["speed"]["decode"] == "static" and r["speed"]["decode_ms_per_token"] > 0 for r in got)
     assert predictions(got, tmp_path / "static") == predictions(want, tmp_path / "generate")
 
 

@@ -128,6 +128,24 @@ def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(prefill ms, decode ms per token) of one forward over the prompt, then `new_tokens` greedy StaticDecoder steps
+    timed after the first (which captures the CUDA graph)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache, out = DynamicCache(config=model.config), []
+    prefill = _time_ms(lambda: out.append(model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                                                **{cache_argument(type(model)): cache}).logits), model.device)
+
+    def steps(decoder: StaticDecoder, n: int) -> None:
+        for _ in range(n):
+            out.append(decoder.step(out[-1][:, -1].argmax(-1, keepdim=True)))
+
+    with StaticDecoder(model, cache, new_tokens + 1) as decoder:
+        steps(decoder, 1)
+        decode = _time_ms(lambda: steps(decoder, new_tokens), model.device) / new_tokens
+    return prefill, decode
+
+
 @torch.inference_mode()
 def measure_speed(
     model: PreTrainedModel,
@@ -136,13 +154,17 @@ def measure_speed(
     new_tokens: int = 32,
     repeats: int = 3,
     seed: int = 0,
-) -> dict[str, float]:
+    decode: str = "generate",
+) -> dict[str, float | str]:
     """Batch-1 timing on a random `length`-token prompt, after one warm-up: median prefill ms, decode ms/token.
 
-    Prefill is a 1-token generate (SWA prefill); decode is the extra time of `new_tokens` more tokens.
+    decode="generate": prefill is a 1-token generate (SWA prefill), decode the extra time of `new_tokens` more tokens.
+    decode="static": prefill is one forward, decode the StaticDecoder steps (CUDA graph replays on GPU).
     """
     if length < 1 or new_tokens < 1 or repeats < 1:
         raise ValueError(f"measure_speed: length={length}, new_tokens={new_tokens}, repeats={repeats} must be >= 1")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: expected one of {DECODE_MODES}")
     vocab = len(tokenizer) if tokenizer is not None else model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (1, length), generator=gen).to(model.device)
@@ -152,11 +174,14 @@ def measure_speed(
         model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
                        do_sample=False, pad_token_id=0, use_cache=True)  # no padding: pad id unused
 
-    run(1 + new_tokens)  # warm-up
-    prefill, decode = [], []
-    for _ in range(repeats):
-        one = _time_ms(lambda: run(1), model.device)
-        total = _time_ms(lambda: run(1 + new_tokens), model.device)
-        prefill.append(one)
-        decode.append((total - one) / new_tokens)
-    return {"prefill_ms": statistics.median(prefill), "decode_ms_per_token": statistics.median(decode)}
+    if decode == "static":
+        times = [_static_speed(model, input_ids, new_tokens) for _ in range(1 + repeats)][1:]  # first: warm-up
+    else:
+        run(1 + new_tokens)  # warm-up
+        times = []
+        for _ in range(repeats):
+            one = _time_ms(lambda: run(1), model.device)
+            total = _time_ms(lambda: run(1 + new_tokens), model.device)
+            times.append((one, (total - one) / new_tokens))
+    return {"prefill_ms": statistics.median(t[0] for t in times),
+            "decode_ms_per_token": statistics.median(t[1] for t in times), "decode": decode}

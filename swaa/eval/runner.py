@@ -293,7 +293,7 @@ def run_grid(
                                                                               max_new_tokens, batch_size, decode)
                         speed_length = cell.length or prompt_tokens[cell.label]
                         if speed and speed_length not in speeds:
-                            speeds[speed_length] = measure_speed(model, tokenizer, speed_length)
+                            speeds[speed_length] = measure_speed(model, tokenizer, speed_length, decode=decode)
                         record = store.add(key(config, cell), scores, samples, elapsed, n_unparsed=n_unparsed,
                                            speed=speeds.get(speed_length), config_name=config_name)
                         log.info("%s %s: %.1f%% ± %.1f (n=%d, %.1f s)", config_name, cell.label,
