@@ -150,10 +150,13 @@ class StaticDecoder:
         self.hf_pos = torch.full((batch, 1), seen, dtype=torch.long, device=device)  # transformers' position_ids
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.layers = self._build_layers(cache, k_pos, seen)
-        # slots every new token sees in full and FA-decode layers on a growing buffer (0: mask the whole buffer)
+        # slots every new token sees in full layers, and in FA-decode layers once past the prompt, on a growing
+        # buffer without padding (0: mask the whole buffer)
         unpadded = bool((k_pos >= 0).all())
-        self.visible_prefix = [seen if unpadded and layer.slots.ring is None and kind in ("full", "swa_fa_decode")
-                               else 0 for layer, kind in zip(self.layers, self.kinds)]
+        answering = bool((self.q_pos >= self.prompt_len[:, None]).all())
+        split = {"full": unpadded, "swa_fa_decode": unpadded and answering, "swa": False}
+        self.visible_prefix = [seen if layer.slots.ring is None and split[kind] else 0
+                               for layer, kind in zip(self.layers, self.kinds)]
         self.cache = _StaticCache(self.layers)
         self.families = list({id(layer.slots): layer.slots for layer in self.layers}.values())
         self.graph = torch.cuda.CUDAGraph() if (device.type == "cuda" if graph is None else graph) else None

@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import tiny_model
-from swaa import SWAAConfig, apply_swaa
+from swaa import SWAAConfig, apply_swaa, prompt_lengths
 from swaa.static_decode import IMPLEMENTATION, StaticDecoder, prefix_and_new_attention
 from test_integration import batch
 
@@ -72,6 +72,16 @@ def test_static_decode_equals_dynamic_decode(family, case, lengths):
     tokens, got = static_decode(model, ids, mask, NEW)
     assert torch.equal(tokens, want_tokens)
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_forced_prompt_longer_than_the_prefill():
+    """With prompt_lengths beyond the prefill, the first steps are still SWA prompt rows in FA-decode layers."""
+    model = apply_swaa(tiny_model("qwen3"), SWAAConfig(window=4, sink=1, fa_decode=True), backend="reference")
+    ids, mask = batch((33,))
+    with prompt_lengths(model, [38]):
+        want_tokens, want = dynamic_decode(model, ids, mask, NEW)
+        tokens, got = static_decode(model, ids, mask, NEW)
+    assert torch.equal(tokens, want_tokens) and torch.allclose(got, want, atol=1e-4)
 
 
 def test_static_decode_of_a_model_without_swaa():
