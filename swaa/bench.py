@@ -31,7 +31,7 @@ from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.attention import BACKENDS
 from swaa.eval.results import write_atomic
 from swaa.integration import resolve_backend
-from swaa.models import cache_argument
+from swaa.models import forward_with_cache
 from swaa.profiling import CATEGORIES, IDLE, time_breakdown
 from swaa.static_decode import StaticDecoder
 
@@ -217,7 +217,7 @@ def prepare(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> None:
 
 def forward(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache, keep: int) -> torch.Tensor:
     """Logits (B, keep, V) of the last `keep` positions, extending `cache`."""
-    return model(ids, use_cache=True, logits_to_keep=keep, **{cache_argument(type(model)): cache}).logits
+    return forward_with_cache(model, cache, keep, input_ids=ids)
 
 
 def decode(model: PreTrainedModel, logits: torch.Tensor, cache: DynamicCache, steps: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from swaa.config import SWAAConfig
 from swaa.lora import LoRASettings, add_lora
-from swaa.models import DEFAULT_GGUF
+from swaa.models import DEFAULT_GGUF, base_model
 from swaa.tiny import is_tiny_spec
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path,
 def _load_trained_state(model: PreTrainedModel | PeftModel, checkpoint: dict, path: str | Path,
                         lora: LoRASettings | None) -> None:
     saved = checkpoint[FINGERPRINT_KEY]
-    current = {"model_config": config_hash(_base(model).config)}
+    current = {"model_config": config_hash(base_model(model).config)}
     if lora is not None:
         current["lora"] = lora.to_dict()
     check_fingerprint(saved, current, path)
@@ -159,10 +159,6 @@ def _load_trained_state(model: PreTrainedModel | PeftModel, checkpoint: dict, pa
     check_keys(set(state), trainable_names(model), path)
     model.load_state_dict(state, strict=False)
     log.info("loaded %d trained tensors from %s", len(state), path)
-
-
-def _base(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:

@@ -22,7 +22,7 @@ from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprin
 from swaa.config import SWAAConfig, load_presets
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
-from swaa.models import load_model
+from swaa.models import base_model, load_model
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
 PRESETS_PATH = Path(__file__).resolve().parent.parent / "configs" / "swaa" / "presets.yaml"
@@ -144,7 +144,7 @@ class SWAAFineTuner(L.LightningModule):
     @property
     def base_model(self) -> PreTrainedModel:
         """The Hugging Face model under the peft wrapper (where SWAA is applied)."""
-        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return base_model(self.model)
 
     def _forward(self, batch: dict[str, torch.Tensor], labels: bool = True):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
@@ -20,6 +21,19 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def cache_argument(model_cls: type) -> str:
     """The forward's KV-cache argument: transformers 5.24 renamed `past_key_values` (which warns) to `cache`."""
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def base_model(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The Hugging Face model under a peft wrapper (its layers carry the adapters), or `model` itself."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def forward_with_cache(model: PreTrainedModel | PeftModel, cache, logits_to_keep: int = 1, **inputs) -> torch.Tensor:
+    """Logits (B, logits_to_keep, V) of one forward that extends `cache`, under the cache argument's name in this
+    transformers version (a peft model runs through its base model, whose signature names it)."""
+    model = base_model(model)
+    return model(use_cache=True, logits_to_keep=logits_to_keep, **{cache_argument(type(model)): cache},
+                 **inputs).logits
 
 
 def default_model_path() -> Path:

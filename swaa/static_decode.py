@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicLayer
 from swaa.cache import SinkWindowLayer
 from swaa.integration import attention_layers
 from swaa.masks import visible
-from swaa.models import cache_argument
+from swaa.models import base_model, forward_with_cache
 
 log = logging.getLogger(__name__)
 IMPLEMENTATION = "swaa_static"  # the attention implementation while a StaticDecoder is open
@@ -126,7 +126,7 @@ class StaticDecoder:
             raise ValueError("StaticDecoder needs the DynamicCache of a prefill through the same model")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model = base_model(model)
         self.model, self.max_new_tokens, self.steps = model, max_new_tokens, 0
         self.runtime = model.__dict__.get("swaa_runtime")
         depth = model.config.num_hidden_layers
@@ -220,13 +220,12 @@ class StaticDecoder:
                 masks[key] = visible(self.q_pos[:, None, :, None], layer.slots.pos[:, None, None, :],
                                      self.prompt_len[:, None, None, None], self.window, self.sink, kind)
         self.masks = [masks[(id(layer.slots), kind)] for layer, kind in zip(self.layers, self.kinds)]
-        out = self.model(input_ids=self.ids, position_ids=self.hf_pos, use_cache=True, logits_to_keep=1,
-                         **{cache_argument(type(self.model)): self.cache})
+        logits = forward_with_cache(self.model, self.cache, input_ids=self.ids, position_ids=self.hf_pos)
         for slots in self.families:
             slots.advance()
         self.q_pos.add_(1)
         self.hf_pos.add_(1)
-        return out.logits
+        return logits
 
     def _state(self) -> list[torch.Tensor]:
         return [self.q_pos, self.hf_pos, *(t for s in self.families for t in (s.pos, s.write))]

@@ -43,6 +43,21 @@ def test_static_decode_gives_the_answers_of_generate(smollm2_tokenizer, config):
     assert generate_answers(model, smollm2_tokenizer, PROMPTS, max_new_tokens=12, batch_size=5, decode="static") == want
 
 
+def test_static_decode_of_a_peft_model_keeps_its_adapters(smollm2_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    model = apply_swaa(tiny_model(vocab_size=len(smollm2_tokenizer), seed=4), SWAAConfig(window=8, sink=2))
+    before = generate_answers(model, smollm2_tokenizer, PROMPTS, max_new_tokens=8, batch_size=5, decode="static")
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    want = generate_answers(peft_model, smollm2_tokenizer, PROMPTS, max_new_tokens=8, batch_size=5)
+    assert want != before  # the adapters change the answers
+    assert generate_answers(peft_model, smollm2_tokenizer, PROMPTS, max_new_tokens=8, batch_size=5,
+                            decode="static") == want
+
+
 @torch.inference_mode()
 def test_static_greedy_stops_and_pads_like_generate(smollm2_tokenizer):
     model = apply_swaa(tiny_model(vocab_size=len(smollm2_tokenizer), seed=3), SWAAConfig(window=8, sink=2))

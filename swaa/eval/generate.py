@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from swaa.models import cache_argument
+from swaa.models import forward_with_cache
 from swaa.static_decode import StaticDecoder
 
 DECODE_MODES = ("generate", "static")
@@ -52,11 +52,10 @@ def static_greedy(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
                   eos: list[int], pad_id: int) -> torch.Tensor:
     """Greedy new tokens (B, <= max_new_tokens) as `model.generate` gives them (pad after a row's stop token), with a
     prefill through the model and StaticDecoder steps."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: adapters live in its layers
     positions = attention_mask.long().cumsum(-1) - 1  # generate's position ids
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.masked_fill(
-        attention_mask == 0, 1), use_cache=True, logits_to_keep=1, **{cache_argument(type(model)): cache}).logits
+    logits = forward_with_cache(model, cache, input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=positions.masked_fill(attention_mask == 0, 1))
     key_positions = positions.masked_fill(attention_mask == 0, -1)
     stop = torch.tensor(eos, device=input_ids.device)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -131,10 +130,8 @@ def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
 def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """(prefill ms, decode ms per token) of one forward over the prompt, then `new_tokens` greedy StaticDecoder steps
     timed after the first (which captures the CUDA graph)."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache, out = DynamicCache(config=model.config), []
-    prefill = _time_ms(lambda: out.append(model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                                                **{cache_argument(type(model)): cache}).logits), model.device)
+    prefill = _time_ms(lambda: out.append(forward_with_cache(model, cache, input_ids=input_ids)), model.device)
 
     def steps(decoder: StaticDecoder, n: int) -> None:
         for _ in range(n):

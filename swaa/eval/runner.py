@@ -22,7 +22,7 @@ from swaa.eval.generate import DECODE_MODES, chat_token_ids, generate_answers, m
 from swaa.eval.results import ResultStore, make_key, path_identity, text_identity
 from swaa.eval.scorers import SCORERS, JudgeScorer, score
 from swaa.eval.tasks import TASKS, Sample, make_samples, train_answer
-from swaa.models import default_model_path, load_config, load_model, load_tokenizer
+from swaa.models import base_model, default_model_path, load_config, load_model, load_tokenizer
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
 log = logging.getLogger(__name__)
@@ -279,12 +279,12 @@ def run_grid(
         model = model if model is not None else _load_model(model_path, adapter, device)
         judge = (JudgeScorer(load_model(judge_model, device=device), load_tokenizer(judge_model))
                  if judge_model else None)
-        base_model = model.get_base_model() if isinstance(model, PeftModel) else model
+        base = base_model(model)
         with tqdm(total=total, desc="cells", disable=not progress) as bar:
             for config_name, config in configs.items():
                 if not todo[config_name]:
                     continue
-                apply_swaa(base_model, config)
+                apply_swaa(base, config)
                 try:
                     speeds: dict[int, dict[str, float]] = {}
                     for cell in todo[config_name]:
@@ -300,5 +300,5 @@ def run_grid(
                                  100 * record["accuracy"], 100 * record["stderr"], record["n"], elapsed)
                         bar.update()
                 finally:
-                    remove_swaa(base_model)
+                    remove_swaa(base)
     return [{**store.get(key(config, cell)), "config_name": name} for name, config in configs.items() for cell in cells]
