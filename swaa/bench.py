@@ -315,18 +315,21 @@ def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return start.elapsed_time(end), result
 
 
-def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, static: bool) -> dict[str, Any]:
-    """One prefill (timed) and `decode_tokens` greedy steps from its cache (timed as a whole); then, if `static`,
-    the same number of StaticDecoder steps from that cache (its setup, the graph capture included, timed apart)."""
+def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, static: bool,
+                 stock_tokens: int | None = None) -> dict[str, Any]:
+    """One prefill (timed) and `stock_tokens` (default `decode_tokens`) greedy steps from its cache (timed as a
+    whole); then, if `static`, `decode_tokens` StaticDecoder steps from that cache (its setup, the graph capture
+    included, timed apart)."""
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cache = DynamicCache(config=model.config)
     prefill_ms, logits = timed_ms(lambda: forward(model, ids, cache, keep=1), device)
     kv_bytes = kv_cache_bytes(cache)
-    decode_ms, logits = timed_ms(lambda: decode(model, logits, cache, decode_tokens), device)
+    stock_tokens = stock_tokens or decode_tokens
+    decode_ms, logits = timed_ms(lambda: decode(model, logits, cache, stock_tokens), device)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    out = {"prefill_ms": prefill_ms, "decode_ms_per_token": decode_ms / decode_tokens, "kv_bytes": kv_bytes,
+    out = {"prefill_ms": prefill_ms, "decode_ms_per_token": decode_ms / stock_tokens, "kv_bytes": kv_bytes,
            "peak_bytes": peak}
     if static:
         with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
@@ -337,10 +340,10 @@ def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, 
 
 
 def measure(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
-            static: bool = False) -> dict[str, Any]:
+            static: bool = False, stock_tokens: int | None = None) -> dict[str, Any]:
     """Medians over `repeats` runs at one prompt length (every run listed too)."""
     ids = random_ids(model.config.vocab_size, length, device, seed=length)
-    runs = [measure_once(model, ids, decode_tokens, static) for _ in range(repeats)]
+    runs = [measure_once(model, ids, decode_tokens, static, stock_tokens) for _ in range(repeats)]
     peaks = [r["peak_bytes"] for r in runs]
     out = {"peak_mem_gib": None if None in peaks else max(peaks) / 2**30, "kv_cache_mib": runs[-1]["kv_bytes"] / 2**20}
     for name in ("prefill_ms", "decode_ms_per_token") + (("static_decode_ms_per_token", "static_setup_ms") if static
@@ -357,10 +360,10 @@ def free_memory(device: torch.device) -> None:
 
 
 def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
-                 static: bool = False) -> dict[str, Any]:
+                 static: bool = False, stock_tokens: int | None = None) -> dict[str, Any]:
     """measure(), or status OOM when the device runs out of memory at this length."""
     try:
-        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device, static)}
+        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device, static, stock_tokens)}
     except torch.OutOfMemoryError:
         log.warning("out of memory at length %d", length)
     free_memory(device)
@@ -390,14 +393,16 @@ def warm_up(model: PreTrainedModel, length: int, device: torch.device) -> None:
 
 
 def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens: int, repeats: int,
-                 dtype: torch.dtype, device: torch.device, backend: str, profile: bool = False) -> list[dict[str, Any]]:
+                 dtype: torch.dtype, device: torch.device, backend: str, profile: bool = False,
+                 stock_tokens: int | None = None) -> list[dict[str, Any]]:
     """Check one config, then time it at every length (and profile it, untimed, if asked); one row per length."""
     base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
     reason = unsupported_reason(cfg, shape, device)
     if reason:
         log.warning("%s: unsupported here (%s)", cfg.name, reason)
         return [{**base, "length": n, "status": "UNSUPPORTED", "note": reason} for n in lengths]
-    max_positions = max(*lengths, cfg.check_length()) + max(decode_tokens, CHECK_DECODE)
+    max_positions = max(*lengths, cfg.check_length()) + max((stock_tokens or decode_tokens) + decode_tokens + 1,
+                                                           CHECK_DECODE)
     model = build_model(shape, cfg, dtype, device, max_positions)
     with torch.no_grad():
         try:
@@ -419,7 +424,7 @@ def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens
             rows = []
             for n in lengths:
                 rows.append({**base, "length": n,
-                             **measure_cell(model, n, decode_tokens, repeats, device, static)})
+                             **measure_cell(model, n, decode_tokens, repeats, device, static, stock_tokens)})
                 if profile and rows[-1]["status"] == "ok":
                     rows[-1]["profile"] = profile_cell(model, n, min(decode_tokens, PROFILE_DECODE), device, static)
                 log.info("%s", rows[-1])
@@ -444,20 +449,22 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
         dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
         backend: str = "auto", on_config: Callable[[list[dict[str, Any]]], None] | None = None,
-        profile: bool = False) -> list[dict[str, Any]]:
+        profile: bool = False, stock_tokens: int | None = None) -> list[dict[str, Any]]:
     """Benchmark every config in order at every length; rows with ratios against `fa` (and time breakdowns).
 
-    `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
+    `stock_tokens` (default `decode_tokens`) sets the DynamicCache decode's steps, `decode_tokens` the static
+    decode's. `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
-    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1:
-        raise ValueError(f"need lengths >= 1 (got {lengths}), decode_tokens >= 1 (got {decode_tokens}) and "
-                         f"repeats >= 1 (got {repeats})")
+    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1 or (stock_tokens or 1) < 1:
+        raise ValueError(f"need lengths >= 1 (got {lengths}), decode_tokens >= 1 (got {decode_tokens}), "
+                         f"stock_tokens >= 1 (got {stock_tokens}) and repeats >= 1 (got {repeats})")
     device = torch.device(device)
     backend = resolve_backend(backend, device)
     rows = []
     for cfg in configs:
-        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend, profile)
+        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend, profile,
+                             stock_tokens)
         add_ratios(rows)
         if on_config is not None:
             on_config(rows)
@@ -507,7 +514,8 @@ def metadata(args: argparse.Namespace, configs: list[BenchConfig], device: torch
             "model": {"class": SHAPES[args.shape].model_cls.__name__, **SHAPES[args.shape].fields},
             "backend": args.backend, "resolved_backend": resolve_backend(args.backend, device),
             "window": args.window, "sink": args.sink,
-            "decode_tokens": args.decode_tokens, "repeats": args.repeats,
+            "decode_tokens": args.decode_tokens, "stock_decode_tokens": args.stock_decode_tokens or args.decode_tokens,
+            "repeats": args.repeats,
             "timer": "CUDA events" if device.type == "cuda" else "perf_counter",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "configs": [c.to_dict() for c in configs], "command": args.command}
@@ -523,7 +531,10 @@ def _int_list(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=_int_list, default=[16384, 32768, 65536, 131072])
-    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--decode-tokens", type=int, default=128, help="greedy steps of the static decode")
+    parser.add_argument("--stock-decode-tokens", type=int, default=None,
+                        help="greedy steps of the DynamicCache decode (stock transformers, host-bound); "
+                             "default: --decode-tokens")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
                              "(plus hf_window, attn_implementation)")
@@ -559,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
             write_atomic(args.markdown, markdown(rows, meta))
 
     rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats, DTYPES[args.dtype], device,
-               args.backend, on_config=save, profile=args.profile)
+               args.backend, on_config=save, profile=args.profile, stock_tokens=args.stock_decode_tokens)
     print(markdown(rows, meta))
 
 

@@ -7,6 +7,8 @@ Run on a GPU: python -m swaa.bench_kernels --length 32768 --out BENCH.json
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import platform
@@ -14,9 +16,12 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from swaa.attention import BACKENDS
+from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
+from swaa.eval.results import write_atomic
 from swaa.masks import dense_mask
 
 log = logging.getLogger(__name__)
@@ -80,39 +85,67 @@ def time_ms(fn, repeats: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16) -> list[dict]:
+CAUSAL_KERNELS = {"fa_causal": None, "fa2_causal": SDPBackend.FLASH_ATTENTION,
+                  "cudnn_causal": SDPBackend.CUDNN_ATTENTION}  # None: SDPA's own choice
+
+
+def sdpa_choice(q, k, v) -> str:
+    """Name of the kernel SDPA picks by itself for causal attention on these inputs."""
+    return SDPBackend(torch._fused_sdp_choice(q, k, v, None, 0.0, True)).name
+
+
+def _causal_cases(q, kk, vv, dout) -> list[tuple]:
+    """(name, None, 0, fwd, fwd_bwd, None) of causal SDPA, as chosen by SDPA and with each forced kernel."""
+    cases = []
+    for name, kernel in CAUSAL_KERNELS.items():
+        ctx = (lambda: sdpa_kernel(kernel)) if kernel is not None else contextlib.nullcontext
+
+        def fwd(ctx=ctx):
+            with ctx(), torch.no_grad():
+                return F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+
+        def fwd_bwd(ctx=ctx):
+            with ctx():
+                F.scaled_dot_product_attention(q, kk, vv, is_causal=True).transpose(1, 2).backward(dout)
+        cases.append((name, None, 0, fwd, fwd_bwd, None))
+    return cases
+
+
+def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
+          flex_tunings: list[dict] = ()) -> list[dict]:
+    """Time causal SDPA, then flash and flex (once per entry of `flex_tunings`: kernel_options plus an optional
+    compile_mode) at each sink count; SWA rows get their time over (visible-pair share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
     kk, vv = (t.detach().repeat_interleave(hq // hkv, 1).requires_grad_() for t in (k, v))
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
-
-    def fa_fwd():
-        with torch.no_grad():
-            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
-
-    def fa_fwd_bwd():
-        F.scaled_dot_product_attention(q, kk, vv, is_causal=True).transpose(1, 2).backward(dout)
-
-    cases = [("fa_causal", None, 0, fa_fwd, fa_fwd_bwd, None)]
+    cases = _causal_cases(q, kk, vv, dout)
+    variants = [("flash", None)] + [("flex", t) for t in (flex_tunings or [{}])]
     for sink in sinks:
-        for name in ("flex", "flash"):
+        for name, tune in variants:
             x = _inputs(length, window, sink, device)
             module = _module(x)
+            tune = dict(tune or {})
+            ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if name == "flex" else \
+                contextlib.nullcontext
+            label = f"{name} {json.dumps(tune)}" if name == "flex" and flex_tunings else name
 
-            def fwd(name=name, module=module):
-                with torch.no_grad():
+            def fwd(name=name, module=module, ctx=ctx):
+                with ctx(), torch.no_grad():
                     return BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0]
 
-            def fwd_bwd(name=name, module=module):
-                BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0].backward(dout)
+            def fwd_bwd(name=name, module=module, ctx=ctx):
+                with ctx():
+                    BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0].backward(dout)
 
             try:
-                err = relative_error(name, window, sink, hq, hkv, d, dtype, device)
+                with ctx():
+                    err = relative_error(name, window, sink, hq, hkv, d, dtype, device)
             except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
-                log.exception("%s W=%s S=%s: correctness check raised", name, window, sink)
+                log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
                 err = float("nan")
-            cases.append((name, window, sink, fwd, fwd_bwd, err))
+            cases.append((label, window, sink, fwd, fwd_bwd, err))
     for name, w, s, fwd, fwd_bwd, err in cases:
         if err is not None and not err < 2e-2:
             log.error("%s W=%s S=%s failed the correctness check (rel. error %.2e): not timed", name, w, s, err)
@@ -120,24 +153,53 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
             continue
         pairs = visible_pairs(length, w, s)
         flops = 4 * pairs * d * hq
-        t_fwd = time_ms(fwd)
-        t_fb = time_ms(fwd_bwd) if fwd_bwd else None
-        rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "fwd_ms": t_fwd,
+        try:
+            t_fwd, t_fb = time_ms(fwd), time_ms(fwd_bwd)
+        except RuntimeError as e:  # a forced SDPA kernel that cannot take these inputs
+            log.warning("%s: not timed (%s)", name, e)
+            rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "UNSUPPORTED"})
+            continue
+        rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "ok", "fwd_ms": t_fwd,
                      "fwd_tflops": flops / t_fwd / 1e9, "fwd_bwd_ms": t_fb,
-                     "fwd_bwd_tflops": 3.5 * flops / t_fb / 1e9 if t_fb else None, "visible_pairs": pairs})
+                     "fwd_bwd_tflops": 3.5 * flops / t_fb / 1e9, "visible_pairs": pairs})
         log.info("%s", rows[-1])
+    add_proportional(rows, visible_pairs(length, None, 0))
+    rows[0]["sdpa_choice"] = sdpa_choice(q, kk, vv)
     return rows
 
 
+def add_proportional(rows: list[dict], causal_pairs: int) -> None:
+    """Each SWA row's forward time over (its visible pairs / causal pairs) x each timed causal kernel's forward time:
+    1.0 means no efficiency lost to sparsity against that kernel."""
+    causal = {r["kernel"]: r["fwd_ms"] for r in rows if r["window"] is None and r["status"] == "ok"}
+    for r in rows:
+        if r["window"] is not None and r["status"] == "ok":
+            share = r["visible_pairs"] / causal_pairs
+            r["fwd_vs_proportional"] = {name: r["fwd_ms"] / (share * ms) for name, ms in causal.items()}
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
+    causal = [r["kernel"] for r in rows if r["window"] is None and r["status"] == "ok"]
     head = ("| kernel | W | S | rel. error vs fp64 (max of out, dq, dk, dv) | fwd ms | fwd TFLOP/s | fwd+bwd ms "
-            "| fwd+bwd TFLOP/s |\n|---|---|---|---|---|---|---|---|")
+            "| fwd+bwd TFLOP/s | " + " | ".join(f"fwd / proportional {c}" for c in causal) + " |\n"
+            + "|---" * (8 + len(causal)) + "|")
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     lines = [head] + [
         f"| {r['kernel']} | {r['window'] or 'full'} | {r['sink']} | {fmt(r['rel_error'], '.1e')} | "
         f"{fmt(r.get('fwd_ms'), '.2f')} | {fmt(r.get('fwd_tflops'), '.0f')} | {fmt(r.get('fwd_bwd_ms'), '.2f')} | "
-        f"{fmt(r.get('fwd_bwd_tflops'), '.0f')} |" for r in rows]
+        f"{fmt(r.get('fwd_bwd_tflops'), '.0f')} | "
+        + " | ".join(fmt(r.get("fwd_vs_proportional", {}).get(c), ".2f") for c in causal) + " |" for r in rows]
     return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in meta.items())
+
+
+def _tunings(text: str) -> list[dict]:
+    try:
+        tunings = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--flex-tunings: invalid JSON ({e})") from e
+    if not isinstance(tunings, list) or not all(isinstance(t, dict) for t in tunings):
+        raise argparse.ArgumentTypeError(f"--flex-tunings: expected a JSON list of objects, got {text!r}")
+    return tunings
 
 
 def main() -> None:
@@ -145,20 +207,23 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=32768)
     parser.add_argument("--window", type=int, default=2048)
     parser.add_argument("--sinks", type=int, nargs="+", default=[0, 64])
+    parser.add_argument("--flex-tunings", type=_tunings, default=[],
+                        help='JSON list of flex variants to time, e.g. \'[{}, {"USE_TMA": true}, '
+                             '{"compile_mode": "max-autotune-no-cudagraphs"}]\': FlexKernelOptions plus compile_mode')
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
         raise SystemExit("swaa.bench_kernels needs a CUDA GPU")
-    rows = bench(args.length, args.window, args.sinks)
+    rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings)
     import transformers
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "length": args.length, "heads": "32q/8kv", "head_dim": 128,
             "dtype": "bf16", "useful FLOPs": "visible pairs x 4 x head_dim x heads (fwd+bwd: x3.5)"}
+    meta["sdpa_causal_kernel"] = rows[0]["sdpa_choice"]
     print(markdown(rows, meta))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"rows": rows, "meta": meta}, f, indent=1)
+        write_atomic(args.out, json.dumps({"rows": rows, "meta": meta}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

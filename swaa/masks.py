@@ -11,7 +11,7 @@ from swaa.config import LayerKind
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
-            window: int | None, sink: int, kind: LayerKind) -> torch.Tensor:
+            window: int | torch.Tensor | None, sink: int | torch.Tensor, kind: LayerKind) -> torch.Tensor:
     """True where the query at `q_pos` sees the key at `k_pos` (all arguments broadcast elementwise).
 
     Full layers (or answer rows, q_pos >= prompt_len, of 'swa_fa_decode' layers): j <= i.
@@ -35,12 +35,46 @@ def dense_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tenso
 
 def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
                   window: int | None, sink: int, kind: LayerKind):
-    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate; tensors are captured, not copied."""
+    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate. Window and sink are captured as tensors,
+    so torch.compile does not specialise (and recompile) on their values."""
+    if window is not None:
+        window, sink = (torch.tensor(v, device=q_pos.device) for v in (window, sink))
 
     def mask_mod(b, h, q_idx, kv_idx):
         return visible(q_pos[b, q_idx], k_pos[b, kv_idx], prompt_len[b], window, sink, kind)
 
     return mask_mod
+
+
+def block_visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor, window: int | None,
+                     sink: int, kind: LayerKind, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(some, full): bool (B, Lq/block, Lk/block) tiles of `visible`, from each tile's extreme positions alone.
+
+    `some` is a superset of the tiles with a visible pair, `full` a subset of the tiles whose pairs are all visible
+    (padding in a tile makes it not full). Costs O(L/block) per tile, never a dense mask.
+    """
+    (q_lo, q_hi, q_pad), (k_lo, k_hi, k_pad) = _tile_ranges(q_pos, block), _tile_ranges(k_pos, block)
+    q_lo, q_hi, q_pad = q_lo[:, :, None], q_hi[:, :, None], q_pad[:, :, None]
+    k_lo, k_hi, k_pad = k_lo[:, None, :], k_hi[:, None, :], k_pad[:, None, :]
+    real = (q_hi >= 0) & (k_hi >= 0)
+    some, full = real & (k_lo <= q_hi), ~q_pad & ~k_pad & (k_hi <= q_lo)
+    if kind != "full" and window is not None:
+        some_local, full_local = (q_lo - k_hi < window) | (k_lo < sink), (q_hi - k_lo < window) | (k_hi < sink)
+        if kind == "swa_fa_decode":
+            p = prompt_len[:, None, None]
+            some_local, full_local = some_local | (q_hi >= p), full_local | (q_lo >= p)
+        some, full = some & some_local, full & full_local
+    return some, full & some
+
+
+def _tile_ranges(pos: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per tile of `block` positions (B, L/block): smallest and largest real position (-1 if none), any padding."""
+    b, n = pos.shape
+    tiles = torch.nn.functional.pad(pos, (0, -n % block), value=-1).view(b, -1, block)
+    pad = tiles < 0
+    big = torch.iinfo(pos.dtype).max
+    lo = tiles.masked_fill(pad, big).amin(-1)
+    return torch.where(lo == big, -1, lo), tiles.amax(-1), pad.any(-1)
 
 
 def flash_window(window: int) -> tuple[int, int]:

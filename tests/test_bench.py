@@ -74,6 +74,22 @@ def test_static_decode_failing_the_check_is_not_timed(monkeypatch):
     assert not rows[0]["static_passed"] and all("static_decode_ms_per_token" not in r for r in rows)
 
 
+def test_stock_and_static_decode_take_their_own_step_counts(monkeypatch):
+    """--stock-decode-tokens sets the DynamicCache decode's steps; the static decode keeps --decode-tokens."""
+    import swaa.bench as bench
+    steps = {"stock": [], "static": []}
+    real_decode, real_static = bench.decode, bench.static_decode
+    monkeypatch.setattr(bench, "decode", lambda m, lg, c, n: steps["stock"].append(n) or real_decode(m, lg, c, n))
+    monkeypatch.setattr(bench, "static_decode", lambda d, lg, n: steps["static"].append(n) or real_static(d, lg, n))
+    configs = [builtin_configs(WINDOW, SINK)["swa_all"]]
+    row = run(configs, "tiny", [64], decode_tokens=5, repeats=1, dtype=torch.float32, device="cpu",
+              stock_tokens=2)[0]
+    assert row["status"] == "ok" and row["static_passed"]
+    assert steps["stock"][-1] == 2 and steps["static"][-2:] == [1, 5]  # the static setup step, then the timed ones
+    with pytest.raises(ValueError, match="stock_tokens >= 1"):
+        run(configs, "tiny", [64], decode_tokens=5, device="cpu", stock_tokens=-1)
+
+
 def test_config_failing_the_check_is_not_timed(monkeypatch):
     monkeypatch.setitem(BACKENDS, "flex", window_ignored)
     rows = tiny_run(["fa", "swa_all"], backend="flex")

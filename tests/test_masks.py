@@ -1,6 +1,8 @@
+import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
 
-from swaa.masks import dense_mask, flash_window, flex_mask_mod, visible
+from swaa.masks import block_visibility, dense_mask, flash_window, flex_mask_mod, visible
 
 
 def brute(i, j, p, w, s, kind):
@@ -38,3 +40,50 @@ def test_padding_keys_invisible_and_dense_equals_flex_mod():
         for q in range(4):
             for k in range(4):
                 assert bool(mod(torch.tensor(b), 0, torch.tensor(q), torch.tensor(k))) == bool(dense[b, 0, q, k])
+
+
+def _tiles(mask: torch.Tensor, block: int, reduce) -> torch.Tensor:
+    """reduce ('any'/'all') of a dense (B, 1, Lq, Lk) mask over block x block tiles; positions past the end count as
+    invisible."""
+    b, _, lq, lk = mask.shape
+    padded = torch.nn.functional.pad(mask[:, 0], (0, -lk % block, 0, -lq % block), value=False)
+    tiles = padded.view(b, padded.shape[1] // block, block, padded.shape[2] // block, block)
+    return getattr(tiles, reduce)(dim=(2, 4)) if reduce == "any" else tiles.all(dim=4).all(dim=2)
+
+
+@pytest.mark.parametrize("kind,window,sink", [("swa", 5, 0), ("swa", 7, 3), ("swa_fa_decode", 6, 2),
+                                              ("full", None, 0), ("swa", 40, 9)])
+def test_block_visibility_bounds_the_dense_tiles(kind, window, sink):
+    """`some` covers every tile with a visible pair and `full` only tiles that are all visible, under left padding,
+    cached keys before the queries, and lengths that are not multiples of the tile."""
+    g = torch.Generator().manual_seed(window or 0)
+    for lq, lk, block in [(37, 37, 4), (5, 41, 8), (64, 64, 8), (1, 30, 4)]:
+        pads = torch.randint(0, min(lq, 6), (3,), generator=g)
+        k_pos = torch.stack([torch.cat([torch.full((int(p),), -1), torch.arange(lk - int(p))]) for p in pads])
+        q_pos = k_pos[:, lk - lq:]
+        prompt = torch.randint(1, lk, (3,), generator=g)
+        some, full = block_visibility(q_pos, k_pos, prompt, window, sink, kind, block)
+        dense = dense_mask(q_pos, k_pos, prompt, window, sink, kind)
+        assert some.shape == full.shape == (3, -(-lq // block), -(-lk // block))
+        assert not (_tiles(dense, block, "any") & ~some).any()
+        assert not (full & ~_tiles(dense, block, "all")).any()
+
+
+def test_block_visibility_is_tight_for_an_unpadded_prompt():
+    """Without padding the window band's tiles are classified exactly, so flex skips no work it could skip."""
+    pos = torch.arange(96)[None]
+    some, full = block_visibility(pos, pos, torch.tensor([96]), 24, 8, "swa", 8)
+    dense = dense_mask(pos, pos, torch.tensor([96]), 24, 8, "swa")
+    assert torch.equal(some, _tiles(dense, 8, "any")) and torch.equal(full, _tiles(dense, 8, "all"))
+
+
+def test_flex_mask_mod_does_not_recompile_for_new_windows():
+    """Window and sink are tensors in the closure: torch.compile traces one frame for every SWA config."""
+    counter = CompileCounter()
+    pos, prompt = torch.arange(16)[None], torch.tensor([16])
+    call = torch.compile(lambda mod, q, k: mod(0, 0, q, k), backend=counter)
+    got = [call(flex_mask_mod(pos, pos, prompt, w, s, "swa"), pos[0, :, None], pos[0, None, :])
+           for w, s in [(4, 1), (8, 2), (3, 0)]]
+    assert counter.frame_count == 1
+    assert all(torch.equal(m, dense_mask(pos, pos, prompt, w, s, "swa")[0, 0]) for m, (w, s) in
+               zip(got, [(4, 1), (8, 2), (3, 0)]))

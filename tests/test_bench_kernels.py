@@ -1,0 +1,37 @@
+"""swaa.bench_kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list."""
+
+import argparse
+
+import pytest
+
+from swaa.bench_kernels import _tunings, add_proportional, markdown, visible_pairs
+
+
+def test_visible_pairs_counts_window_and_sink_keys():
+    assert visible_pairs(5, None, 0) == 15
+    # W=2: rows see 1, 2, 2, 2, 2 window keys; S=1 adds the first key to rows 2.. (i - W + 1 >= 1)
+    assert visible_pairs(5, 2, 0) == 9 and visible_pairs(5, 2, 1) == 9 + 3
+
+
+def test_proportional_ratio_against_every_causal_kernel():
+    rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 10.0},
+            {"kernel": "fa2_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 20.0},
+            {"kernel": "cudnn_causal", "window": None, "sink": 0, "status": "UNSUPPORTED"},
+            {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", "fwd_ms": 3.0, "visible_pairs": 25,
+             "rel_error": 1e-3},
+            {"kernel": "flash", "window": 4, "sink": 0, "status": "FAILED", "rel_error": 1.0}]
+    add_proportional(rows, causal_pairs=100)
+    assert rows[3]["fwd_vs_proportional"] == pytest.approx({"fa_causal": 1.2, "fa2_causal": 0.6})
+    assert "fwd_vs_proportional" not in rows[4]
+    for r in rows:
+        r.setdefault("rel_error", None)
+    table = markdown(rows, {"gpu": "x"})
+    assert "fwd / proportional fa_causal | fwd / proportional fa2_causal |" in table
+    assert "| flex | 4 | 0 | 1.0e-03 | 3.00 |" in table and "| 1.20 | 0.60 |" in table
+
+
+def test_flex_tunings_must_be_a_json_list_of_objects():
+    assert _tunings('[{}, {"USE_TMA": true}]') == [{}, {"USE_TMA": True}]
+    for bad in ('{"USE_TMA": true}', "[1]", "[{"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--flex-tunings"):
+            _tunings(bad)
