@@ -85,7 +85,7 @@ def time_ms(fn, repeats: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-CAUSAL_KERNELS = {"fa_causal": None, "fa2_causal": SDPBackend.FLASH_ATTENTION,
+CAUSAL_KERNELS = {"fa_causal": None, "flash_causal": SDPBackend.FLASH_ATTENTION,
                   "cudnn_causal": SDPBackend.CUDNN_ATTENTION}  # None: SDPA's own choice
 
 
@@ -215,6 +215,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
         raise SystemExit("swaa.bench_kernels needs a CUDA GPU")
+    # each flex tuning is a separate compilation; past dynamo's limit flex would fall back to its dense eager path
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(args.flex_tunings))
     rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings)
     import transformers
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,

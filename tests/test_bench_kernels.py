@@ -15,18 +15,18 @@ def test_visible_pairs_counts_window_and_sink_keys():
 
 def test_proportional_ratio_against_every_causal_kernel():
     rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 10.0},
-            {"kernel": "fa2_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 20.0},
+            {"kernel": "flash_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 20.0},
             {"kernel": "cudnn_causal", "window": None, "sink": 0, "status": "UNSUPPORTED"},
             {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", "fwd_ms": 3.0, "visible_pairs": 25,
              "rel_error": 1e-3},
             {"kernel": "flash", "window": 4, "sink": 0, "status": "FAILED", "rel_error": 1.0}]
     add_proportional(rows, causal_pairs=100)
-    assert rows[3]["fwd_vs_proportional"] == pytest.approx({"fa_causal": 1.2, "fa2_causal": 0.6})
+    assert rows[3]["fwd_vs_proportional"] == pytest.approx({"fa_causal": 1.2, "flash_causal": 0.6})
     assert "fwd_vs_proportional" not in rows[4]
     for r in rows:
         r.setdefault("rel_error", None)
     table = markdown(rows, {"gpu": "x"})
-    assert "fwd / proportional fa_causal | fwd / proportional fa2_causal |" in table
+    assert "fwd / proportional fa_causal | fwd / proportional flash_causal |" in table
     assert "| flex | 4 | 0 | 1.0e-03 | 3.00 |" in table and "| 1.20 | 0.60 |" in table
 
 
