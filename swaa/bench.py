@@ -19,7 +19,6 @@ import logging
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,7 +31,7 @@ from swaa.attention import BACKENDS
 from swaa.eval.results import write_atomic
 from swaa.integration import resolve_backend
 from swaa.models import forward_with_cache
-from swaa.profiling import CATEGORIES, IDLE, time_breakdown
+from swaa.profiling import CATEGORIES, IDLE, time_breakdown, timed_ms
 from swaa.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
@@ -298,21 +297,6 @@ def check_static(model: PreTrainedModel, ids: torch.Tensor, prompt: int, want: t
         log.exception("the StaticDecoder check raised")
         return {"static_passed": False, "static_note": f"{type(e).__name__}: {e}"}
     return {"static_rel_error": error, "static_tolerance": tolerance, "static_passed": error <= tolerance}
-
-
-def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        result = fn()
-        return (time.perf_counter() - start) * 1e3, result
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    result = fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end), result
 
 
 def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, static: bool,

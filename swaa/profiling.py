@@ -1,4 +1,5 @@
-"""Where the time goes: one call under torch.profiler, kernel time summed into categories, plus idle (launch) gaps.
+"""Timing one call, and where its time goes: under torch.profiler, kernel time summed into categories, plus idle
+(launch) gaps.
 
 On CUDA the categories sum device kernels; on CPU they sum the self time of the aten operators.
 """
@@ -11,6 +12,21 @@ from typing import Any, Callable
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - start) * 1e3, result
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    result = fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end), result
+
 
 # first match wins: index/copy kernels often carry "elementwise" in their names too
 CATEGORIES = (

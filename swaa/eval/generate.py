@@ -7,14 +7,13 @@ tokens, one CUDA graph replay per token on GPU).
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa.models import forward_with_cache
+from swaa.profiling import timed_ms
 from swaa.static_decode import StaticDecoder
 
 DECODE_MODES = ("generate", "static")
@@ -112,26 +111,11 @@ def generate_answers(
     return answers
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call of `fn` in ms: CUDA events on GPU, perf_counter elsewhere."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000
-
-
 def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """(prefill ms, decode ms per token) of one forward over the prompt, then `new_tokens` greedy StaticDecoder steps
     timed after the first (which captures the CUDA graph)."""
     cache, out = DynamicCache(config=model.config), []
-    prefill = _time_ms(lambda: out.append(forward_with_cache(model, cache, input_ids=input_ids)), model.device)
+    prefill = timed_ms(lambda: out.append(forward_with_cache(model, cache, input_ids=input_ids)), model.device)[0]
 
     def steps(decoder: StaticDecoder, n: int) -> None:
         for _ in range(n):
@@ -139,7 +123,7 @@ def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: i
 
     with StaticDecoder(model, cache, new_tokens + 1) as decoder:
         steps(decoder, 1)
-        decode = _time_ms(lambda: steps(decoder, new_tokens), model.device) / new_tokens
+        decode = timed_ms(lambda: steps(decoder, new_tokens), model.device)[0] / new_tokens
     return prefill, decode
 
 
@@ -177,8 +161,8 @@ def measure_speed(
         run(1 + new_tokens)  # warm-up
         times = []
         for _ in range(repeats):
-            one = _time_ms(lambda: run(1), model.device)
-            total = _time_ms(lambda: run(1 + new_tokens), model.device)
+            one = timed_ms(lambda: run(1), model.device)[0]
+            total = timed_ms(lambda: run(1 + new_tokens), model.device)[0]
             times.append((one, (total - one) / new_tokens))
     return {"prefill_ms": statistics.median(t[0] for t in times),
             "decode_ms_per_token": statistics.median(t[1] for t in times), "decode": decode}
