@@ -11,7 +11,7 @@ from swaa.config import LayerKind
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
-            window: int | torch.Tensor | None, sink: int | torch.Tensor, kind: LayerKind) -> torch.Tensor:
+            window: int | None, sink: int, kind: LayerKind) -> torch.Tensor:
     """True where the query at `q_pos` sees the key at `k_pos` (all arguments broadcast elementwise).
 
     Full layers (or answer rows, q_pos >= prompt_len, of 'swa_fa_decode' layers): j <= i.
@@ -35,13 +35,17 @@ def dense_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tenso
 
 def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
                   window: int | None, sink: int, kind: LayerKind):
-    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate. Window and sink are captured as tensors,
-    so torch.compile does not specialise (and recompile) on their values."""
-    if window is not None:
-        window, sink = (torch.tensor(v, device=q_pos.device) for v in (window, sink))
+    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate, in one form for every layer kind (a full
+    layer is a window no query reaches past; FA decode a flag). The rule is captured as tensors, so torch.compile
+    traces one mask function for every config instead of specialising (and recompiling) on window, sink or kind."""
+    full = kind == "full" or window is None
+    window, sink, fa_decode = (torch.tensor(v, device=q_pos.device) for v in (
+        torch.iinfo(torch.int64).max if full else window, 0 if full else sink, kind == "swa_fa_decode"))
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return visible(q_pos[b, q_idx], k_pos[b, kv_idx], prompt_len[b], window, sink, kind)
+        i, j = q_pos[b, q_idx], k_pos[b, kv_idx]
+        local = (i - j < window) | (j < sink) | (fa_decode & (i >= prompt_len[b]))
+        return (j >= 0) & (j <= i) & local
 
     return mask_mod
 

@@ -29,17 +29,17 @@ def test_window_counts_query_itself():
 
 
 def test_padding_keys_invisible_and_dense_equals_flex_mod():
-    q_pos = torch.tensor([[-1, 0, 1, 2], [0, 1, 2, 3]])
+    q_pos = torch.tensor([[-1, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]])
     k_pos = q_pos.clone()
     p = torch.tensor([2, 1])
     dense = dense_mask(q_pos, k_pos, p, 2, 1, "swa_fa_decode")
-    assert dense.shape == (2, 1, 4, 4)
+    assert dense.shape == (2, 1, 6, 6)
     assert not dense[0, 0, :, 0].any()  # padding key
-    mod = flex_mask_mod(q_pos, k_pos, p, 2, 1, "swa_fa_decode")
-    for b in range(2):
-        for q in range(4):
-            for k in range(4):
-                assert bool(mod(torch.tensor(b), 0, torch.tensor(q), torch.tensor(k))) == bool(dense[b, 0, q, k])
+    b, q, k = (t[:, None] for t in torch.meshgrid(torch.arange(2), torch.arange(6), torch.arange(6), indexing="ij"))
+    for window, sink, kind in [(2, 1, "swa_fa_decode"), (2, 1, "swa"), (3, 0, "swa"), (2, 0, "full"), (None, 0, "swa"),
+                               (1, 4, "swa_fa_decode")]:
+        got = flex_mask_mod(q_pos, k_pos, p, window, sink, kind)(b, 0, q, k)
+        assert torch.equal(got, dense_mask(q_pos, k_pos, p, window, sink, kind)), (window, sink, kind)
 
 
 def _tiles(mask: torch.Tensor, block: int, reduce) -> torch.Tensor:
@@ -77,13 +77,35 @@ def test_block_visibility_is_tight_for_an_unpadded_prompt():
     assert torch.equal(some, _tiles(dense, 8, "any")) and torch.equal(full, _tiles(dense, 8, "all"))
 
 
-def test_flex_mask_mod_does_not_recompile_for_new_windows():
-    """Window and sink are tensors in the closure: torch.compile traces one frame for every SWA config."""
+def test_flex_mask_mod_does_not_recompile_for_new_configs():
+    """The rule is captured as tensors: torch.compile traces one frame for every window, sink and layer kind."""
     counter = CompileCounter()
-    pos, prompt = torch.arange(16)[None], torch.tensor([16])
+    pos, prompt = torch.arange(16)[None], torch.tensor([9])
     call = torch.compile(lambda mod, q, k: mod(0, 0, q, k), backend=counter)
-    got = [call(flex_mask_mod(pos, pos, prompt, w, s, "swa"), pos[0, :, None], pos[0, None, :])
-           for w, s in [(4, 1), (8, 2), (3, 0)]]
+    configs = [(4, 1, "swa"), (8, 2, "swa"), (3, 0, "swa_fa_decode"), (None, 0, "full"), (5, 2, "full")]
+    got = [call(flex_mask_mod(pos, pos, prompt, w, s, kind), pos[0, :, None], pos[0, None, :])
+           for w, s, kind in configs]
     assert counter.frame_count == 1
-    assert all(torch.equal(m, dense_mask(pos, pos, prompt, w, s, "swa")[0, 0]) for m, (w, s) in
-               zip(got, [(4, 1), (8, 2), (3, 0)]))
+    assert all(torch.equal(m, dense_mask(pos, pos, prompt, w, s, kind)[0, 0]) for m, (w, s, kind) in zip(got, configs))
+
+
+def test_compiled_flex_needs_no_new_compilation_per_config():
+    """A grid of SWAA configs through compiled flex_attention with swaa's BlockMask: after the first config has seen
+    each batch size and length, the others (new windows, sinks, layer kinds) add no compilation, so a long evaluation
+    stays far from dynamo's recompile limit and its dense eager fallback."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from swaa.attention.flex import build_block_mask
+    from swaa.attention.inputs import LayerInputs
+
+    counter = CompileCounter()
+    attend = torch.compile(flex_attention, backend=counter)
+    frames = []
+    for window, sink, kind in [(16, 2, "swa"), (32, 4, "swa"), (16, 2, "swa_fa_decode"), (None, 0, "full")]:
+        for b, n in [(1, 130), (3, 200), (1, 257), (2, 130)]:
+            pos = torch.arange(n).expand(b, n)
+            x = LayerInputs(pos, pos, torch.full((b,), n // 2), window, sink, kind, ("all",), {})
+            q, k = torch.randn(b, 4, n, 16), torch.randn(b, 2, n, 16)
+            attend(q, k, k, block_mask=build_block_mask(x), scale=0.25, enable_gqa=True)
+        frames.append(counter.frame_count)
+    assert frames[0] <= 4 and frames[-1] == frames[0], frames
