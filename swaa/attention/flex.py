@@ -61,8 +61,8 @@ def flex_attention_fn(module, query, key, value, attention_mask=None, scaling=No
 def build_block_mask(x: LayerInputs) -> BlockMask:
     """The BlockMask of one call, from swaa.masks' tile bounds (no dense mask, nothing to compile)."""
     some, full = block_visibility(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind, BLOCK)
-    partial = [_ordered(t[:, None]) for t in (some & ~full, full)]
-    return BlockMask.from_kv_blocks(*partial[0], *partial[1], BLOCK_SIZE=BLOCK,
+    (partial_count, partial_idx), (full_count, full_idx) = (_ordered(t[:, None]) for t in (some & ~full, full))
+    return BlockMask.from_kv_blocks(partial_count, partial_idx, full_count, full_idx, BLOCK_SIZE=BLOCK,
                                     mask_mod=flex_mask_mod(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind),
                                     seq_lengths=(x.q_pos.shape[1], x.k_pos.shape[1]))
 
