@@ -98,7 +98,7 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
     """(name, None, 0, fwd, fwd_bwd, None) of causal SDPA, as chosen by SDPA and with each forced kernel."""
     cases = []
     for name, kernel in CAUSAL_KERNELS.items():
-        ctx = (lambda: sdpa_kernel(kernel)) if kernel is not None else contextlib.nullcontext
+        ctx = functools.partial(sdpa_kernel, kernel) if kernel is not None else contextlib.nullcontext
 
         def fwd(ctx=ctx):
             with ctx(), torch.no_grad():

@@ -4,7 +4,13 @@ import argparse
 
 import pytest
 
-from swaa.bench_kernels import _tunings, add_proportional, markdown, visible_pairs
+import contextlib
+
+import torch
+from torch.nn.attention import SDPBackend
+
+import swaa.bench_kernels as bench_kernels
+from swaa.bench_kernels import _causal_cases, _tunings, add_proportional, markdown, visible_pairs
 
 
 def test_visible_pairs_counts_window_and_sink_keys():
@@ -35,3 +41,17 @@ def test_flex_tunings_must_be_a_json_list_of_objects():
     for bad in ('{"USE_TMA": true}', "[1]", "[{"):
         with pytest.raises(argparse.ArgumentTypeError, match="--flex-tunings"):
             _tunings(bad)
+
+
+def test_each_forced_causal_case_runs_under_its_own_kernel(monkeypatch):
+    """Every causal row enters SDPA with its own backend (a late-bound loop variable once made them all cuDNN)."""
+    entered = []
+    monkeypatch.setattr(bench_kernels, "sdpa_kernel",
+                        lambda backend: entered.append(backend) or contextlib.nullcontext())
+    q = torch.randn(1, 2, 8, 4, requires_grad=True)
+    cases = _causal_cases(q, q.detach().clone(), q.detach().clone(), torch.randn(1, 8, 2, 4))
+    for name, _, _, fwd, fwd_bwd, _ in cases:
+        fwd()
+        fwd_bwd()
+    assert [c[0] for c in cases] == list(bench_kernels.CAUSAL_KERNELS)
+    assert entered == [SDPBackend.FLASH_ATTENTION] * 2 + [SDPBackend.CUDNN_ATTENTION] * 2
