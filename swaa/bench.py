@@ -226,13 +226,6 @@ def decode(model: PreTrainedModel, logits: torch.Tensor, cache: DynamicCache, st
     return logits
 
 
-def static_decode(decoder: StaticDecoder, logits: torch.Tensor, steps: int) -> torch.Tensor:
-    """`steps` greedy steps of an open StaticDecoder from the last logits."""
-    for _ in range(steps):
-        logits = decoder.step(logits[:, -1].argmax(-1, keepdim=True))
-    return logits
-
-
 def kv_cache_bytes(cache: DynamicCache) -> int:
     """Bytes of the key and value tensors held in every cache layer."""
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
@@ -317,8 +310,8 @@ def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, 
            "peak_bytes": peak}
     if static:
         with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
-            out["static_setup_ms"], logits = timed_ms(lambda: static_decode(decoder, logits, 1), device)
-            static_ms, _ = timed_ms(lambda: static_decode(decoder, logits, decode_tokens), device)
+            out["static_setup_ms"], logits = timed_ms(lambda: decoder.greedy(logits, 1), device)
+            static_ms, _ = timed_ms(lambda: decoder.greedy(logits, decode_tokens), device)
         out["static_decode_ms_per_token"] = static_ms / decode_tokens
     return out
 
@@ -365,8 +358,8 @@ def profile_cell(model: PreTrainedModel, length: int, decode_tokens: int, device
     out = {"prefill": prefill, "decode": {k: v / decode_tokens for k, v in decode_total.items()}}
     if static:
         with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
-            logits = static_decode(decoder, logits, 1)
-            total, _ = time_breakdown(lambda: static_decode(decoder, logits, decode_tokens), device)
+            logits = decoder.greedy(logits, 1)
+            total, _ = time_breakdown(lambda: decoder.greedy(logits, decode_tokens), device)
         out["static decode"] = {k: v / decode_tokens for k, v in total.items()}
     return out
 
@@ -440,7 +433,8 @@ def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_token
     decode's. `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
-    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1 or (stock_tokens or 1) < 1:
+    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1 or (stock_tokens is not None
+                                                                                and stock_tokens < 1):
         raise ValueError(f"need lengths >= 1 (got {lengths}), decode_tokens >= 1 (got {decode_tokens}), "
                          f"stock_tokens >= 1 (got {stock_tokens}) and repeats >= 1 (got {repeats})")
     device = torch.device(device)

@@ -13,21 +13,6 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        result = fn()
-        return (time.perf_counter() - start) * 1e3, result
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    result = fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end), result
-
-
 # first match wins: index/copy kernels often carry "elementwise" in their names too
 CATEGORIES = (
     ("attention", ("flash", "fmha", "attention", "flex", "triton_tem", "sdpa", "softmax")),
@@ -77,3 +62,18 @@ def category_ms(events, cuda: bool) -> dict[str, float]:
             continue
         out[category(evt.key)] += us / 1e3
     return out
+
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - start) * 1e3, result
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    result = fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end), result

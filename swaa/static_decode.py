@@ -270,6 +270,12 @@ class StaticDecoder:
         self.steps += 1
         return self.logits
 
+    def greedy(self, logits: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` greedy steps from the last position of `logits`; the last step's logits."""
+        for _ in range(steps):
+            logits = self.step(logits[:, -1].argmax(-1, keepdim=True))
+        return logits
+
     # -- model state while open ------------------------------------------------------------------------------------
     def __enter__(self) -> "StaticDecoder":
         if self.steps or self._saved_impl is not None:

@@ -77,17 +77,19 @@ def test_static_decode_failing_the_check_is_not_timed(monkeypatch):
 def test_stock_and_static_decode_take_their_own_step_counts(monkeypatch):
     """--stock-decode-tokens sets the DynamicCache decode's steps; the static decode keeps --decode-tokens."""
     import swaa.bench as bench
+    from swaa.static_decode import StaticDecoder
     steps = {"stock": [], "static": []}
-    real_decode, real_static = bench.decode, bench.static_decode
+    real_decode, real_static = bench.decode, StaticDecoder.greedy
     monkeypatch.setattr(bench, "decode", lambda m, lg, c, n: steps["stock"].append(n) or real_decode(m, lg, c, n))
-    monkeypatch.setattr(bench, "static_decode", lambda d, lg, n: steps["static"].append(n) or real_static(d, lg, n))
+    monkeypatch.setattr(StaticDecoder, "greedy", lambda d, lg, n: steps["static"].append(n) or real_static(d, lg, n))
     configs = [builtin_configs(WINDOW, SINK)["swa_all"]]
     row = run(configs, "tiny", [64], decode_tokens=5, repeats=1, dtype=torch.float32, device="cpu",
               stock_tokens=2)[0]
     assert row["status"] == "ok" and row["static_passed"]
     assert steps["stock"][-1] == 2 and steps["static"][-2:] == [1, 5]  # the static setup step, then the timed ones
-    with pytest.raises(ValueError, match="stock_tokens >= 1"):
-        run(configs, "tiny", [64], decode_tokens=5, device="cpu", stock_tokens=-1)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="stock_tokens >= 1"):
+            run(configs, "tiny", [64], decode_tokens=5, device="cpu", stock_tokens=bad)
 
 
 def test_config_failing_the_check_is_not_timed(monkeypatch):

@@ -114,16 +114,11 @@ def generate_answers(
 def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """(prefill ms, decode ms per token) of one forward over the prompt, then `new_tokens` greedy StaticDecoder steps
     timed after the first (which captures the CUDA graph)."""
-    cache, out = DynamicCache(config=model.config), []
-    prefill = timed_ms(lambda: out.append(forward_with_cache(model, cache, input_ids=input_ids)), model.device)[0]
-
-    def steps(decoder: StaticDecoder, n: int) -> None:
-        for _ in range(n):
-            out.append(decoder.step(out[-1][:, -1].argmax(-1, keepdim=True)))
-
+    cache = DynamicCache(config=model.config)
+    prefill, logits = timed_ms(lambda: forward_with_cache(model, cache, input_ids=input_ids), model.device)
     with StaticDecoder(model, cache, new_tokens + 1) as decoder:
-        steps(decoder, 1)
-        decode = timed_ms(lambda: steps(decoder, new_tokens), model.device)[0] / new_tokens
+        logits = decoder.greedy(logits, 1)
+        decode = timed_ms(lambda: decoder.greedy(logits, new_tokens), model.device)[0] / new_tokens
     return prefill, decode
 
 
