@@ -47,19 +47,23 @@ class RankSplitData(L.LightningDataModule):
         return ResumableDataLoader(rows, batch_sampler=sampler)
 
 
-def fit(root, devices: int, batch_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Train STEPS steps; return the logged train/loss per step and the trainable weights of last.ckpt."""
+def fit(root, devices: int, batch_size: int, accelerator: str = "cpu", strategy: str | None = None,
+        max_steps: int = STEPS, ckpt_path=None, version: int = 0) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train up to `max_steps` of a STEPS-step schedule (resuming from `ckpt_path`); return the train/loss logged per
+    step in this run and the trainable weights of last.ckpt."""
     L.seed_everything(0)
     module = SWAAFineTuner(model=TINY, swaa={"window": 8, "sink": 2, "fa_decode": True}, lora=LoRASettings(rank=4),
                            lr=1e-2, max_steps=STEPS)
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                        max_steps=STEPS, default_root_dir=root, logger=CSVLogger(root, name="logs"),
+    strategy = strategy or ("ddp_spawn" if devices > 1 else "auto")
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy,
+                        max_steps=max_steps, default_root_dir=root,
+                        logger=CSVLogger(root, name="logs", version=version),
                         callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_train_steps=1,
                                                    save_top_k=-1)],
                         plugins=[RecordingCheckpointIO(root)], log_every_n_steps=1, limit_val_batches=0,
                         use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, datamodule=RankSplitData(batch_size))
-    with open(root / "logs" / "version_0" / "metrics.csv") as f:
+    trainer.fit(module, datamodule=RankSplitData(batch_size), ckpt_path=ckpt_path)
+    with open(root / "logs" / f"version_{version}" / "metrics.csv") as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row["train/loss"]]
     return losses, torch.load(root / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
 
