@@ -114,8 +114,7 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = ()) -> list[dict]:
     """Time causal SDPA, then flash and flex (once per entry of `flex_tunings`: kernel_options plus an optional
-    compile_mode and split_sinks) at each sink count; SWA rows get their time over (visible-pair share x each causal
-    kernel's)."""
+    compile_mode) at each sink count; SWA rows get their time over (visible-pair share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
@@ -128,9 +127,8 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
             x = _inputs(length, window, sink, device)
             module = _module(x)
             tune = dict(tune or {})
-            options = {k: v for k, v in tune.items() if k not in ("compile_mode", "split_sinks")}
-            ctx = functools.partial(flex_tuning, options, tune.get("compile_mode"), tune.get("split_sinks")) \
-                if name == "flex" else contextlib.nullcontext
+            ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if name == "flex" else \
+                contextlib.nullcontext
             label = f"{name} {json.dumps(tune)}" if name == "flex" and flex_tunings else name
 
             def fwd(name=name, module=module, ctx=ctx):
@@ -211,8 +209,7 @@ def main() -> None:
     parser.add_argument("--sinks", type=int, nargs="+", default=[0, 64])
     parser.add_argument("--flex-tunings", type=_tunings, default=[],
                         help='JSON list of flex variants to time, e.g. \'[{}, {"USE_TMA": true}, '
-                             '{"compile_mode": "max-autotune-no-cudagraphs"}, {"split_sinks": false}]\': '
-                             'FlexKernelOptions plus compile_mode and split_sinks (default: split for backward)')
+                             '{"compile_mode": "max-autotune-no-cudagraphs"}]\': FlexKernelOptions plus compile_mode')
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,7 +18,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, load_trained_weights,
-                              make_fingerprint, trainable_names)
+                              make_fingerprint, read_checkpoint, trainable_names)
 from swaa.config import SWAAConfig, load_presets
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
@@ -215,4 +215,6 @@ class SWAAFineTuner(L.LightningModule):
         if FINGERPRINT_KEY not in checkpoint:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {FINGERPRINT_KEY!r} entry)")
         check_fingerprint(checkpoint[FINGERPRINT_KEY], self.fingerprint, path)
-        check_keys(set(checkpoint["state_dict"]), trainable_names(self), path)
+        # FSDP loads the weights itself and passes the rest: read the (small, trainable-only) weights' names again
+        state = checkpoint["state_dict"] if "state_dict" in checkpoint else read_checkpoint(path)["state_dict"]
+        check_keys(set(state), trainable_names(self), path)

@@ -34,29 +34,25 @@ def dense_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tenso
 
 
 def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
-                  window: int | None, sink: int, kind: LayerKind, first_key: int = 0):
-    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate, restricted to key positions >= `first_key`.
-
-    One form for every layer kind (a full layer is a window no query reaches past; FA decode a flag), with the rule
-    captured as tensors: torch.compile traces one mask function for every config instead of recompiling per config.
-    """
+                  window: int | None, sink: int, kind: LayerKind):
+    """FlexAttention `mask_mod(b, h, q_idx, kv_idx)` for the same predicate, in one form for every layer kind (a full
+    layer is a window no query reaches past; FA decode a flag). The rule is captured as tensors, so torch.compile
+    traces one mask function for every config instead of specialising (and recompiling) on window, sink or kind."""
     full = kind == "full" or window is None
-    window, sink, fa_decode, first_key = (torch.tensor(v, device=q_pos.device) for v in (
-        torch.iinfo(torch.int64).max if full else window, 0 if full else sink, kind == "swa_fa_decode",
-        max(first_key, 0)))
+    window, sink, fa_decode = (torch.tensor(v, device=q_pos.device) for v in (
+        torch.iinfo(torch.int64).max if full else window, 0 if full else sink, kind == "swa_fa_decode"))
 
     def mask_mod(b, h, q_idx, kv_idx):
         i, j = q_pos[b, q_idx], k_pos[b, kv_idx]
         local = (i - j < window) | (j < sink) | (fa_decode & (i >= prompt_len[b]))
-        return (j >= first_key) & (j <= i) & local
+        return (j >= 0) & (j <= i) & local
 
     return mask_mod
 
 
 def block_visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor, window: int | None,
-                     sink: int, kind: LayerKind, block: int, first_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(some, full): bool (B, Lq/block, Lk/block) tiles of `visible` restricted to keys at positions >= `first_key`,
-    from each tile's extreme positions alone.
+                     sink: int, kind: LayerKind, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(some, full): bool (B, Lq/block, Lk/block) tiles of `visible`, from each tile's extreme positions alone.
 
     `some` is a superset of the tiles with a visible pair, `full` a subset of the tiles whose pairs are all visible
     (padding in a tile makes it not full). Costs O(L/block) per tile, never a dense mask.
@@ -64,8 +60,8 @@ def block_visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch
     (q_lo, q_hi, q_pad), (k_lo, k_hi, k_pad) = _tile_ranges(q_pos, block), _tile_ranges(k_pos, block)
     q_lo, q_hi, q_pad = q_lo[:, :, None], q_hi[:, :, None], q_pad[:, :, None]
     k_lo, k_hi, k_pad = k_lo[:, None, :], k_hi[:, None, :], k_pad[:, None, :]
-    real = (q_hi >= 0) & (k_hi >= max(first_key, 0))
-    some, full = real & (k_lo <= q_hi), ~q_pad & ~k_pad & (k_hi <= q_lo) & (k_lo >= first_key)
+    real = (q_hi >= 0) & (k_hi >= 0)
+    some, full = real & (k_lo <= q_hi), ~q_pad & ~k_pad & (k_hi <= q_lo)
     if kind != "full" and window is not None:
         some_local, full_local = (q_lo - k_hi < window) | (k_lo < sink), (q_hi - k_lo < window) | (k_hi < sink)
         if kind == "swa_fa_decode":

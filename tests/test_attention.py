@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from swaa.attention import BACKENDS
-from swaa.attention.flex import tuning
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import dense_mask
 
@@ -75,21 +74,6 @@ def check(name, device, dtype, seed, **shape):
 def test_backend_matches_float64_cpu(name, seed, monkeypatch):
     monkeypatch.setattr("swaa.attention.chunked.BLOCK", 16)  # several query blocks per random case
     check(name, "cpu", torch.float32, seed)
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_flex_with_sinks_split_out_matches_float64_cpu(seed):
-    """Sink keys attended outside the kernel and merged by LSE (flex's path with gradients), forced without them."""
-    with tuning({}, split_sinks=True):
-        check("flex", "cpu", torch.float32, seed)
-
-
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("split", [True, False])
-def test_flex_sink_split_matches_float64_cuda(split, seed):
-    with tuning({}, split_sinks=split):
-        check("flex", "cuda", torch.bfloat16, seed + 1000)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -48,12 +48,13 @@ class RankSplitData(L.LightningDataModule):
 
 
 def fit(root, devices: int, batch_size: int, accelerator: str = "cpu", strategy: str | None = None,
-        max_steps: int = STEPS, ckpt_path=None, version: int = 0) -> tuple[list[float], dict[str, torch.Tensor]]:
+        max_steps: int = STEPS, ckpt_path=None, version: int = 0,
+        init_weights: str | None = None) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Train up to `max_steps` of a STEPS-step schedule (resuming from `ckpt_path`); return the train/loss logged per
     step in this run and the trainable weights of last.ckpt."""
     L.seed_everything(0)
     module = SWAAFineTuner(model=TINY, swaa={"window": 8, "sink": 2, "fa_decode": True}, lora=LoRASettings(rank=4),
-                           lr=1e-2, max_steps=STEPS)
+                           lr=1e-2, max_steps=STEPS, init_weights=init_weights)
     strategy = strategy or ("ddp_spawn" if devices > 1 else "auto")
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy,
                         max_steps=max_steps, default_root_dir=root,

@@ -40,9 +40,6 @@ def test_padding_keys_invisible_and_dense_equals_flex_mod():
                                (1, 4, "swa_fa_decode")]:
         got = flex_mask_mod(q_pos, k_pos, p, window, sink, kind)(b, 0, q, k)
         assert torch.equal(got, dense_mask(q_pos, k_pos, p, window, sink, kind)), (window, sink, kind)
-        no_sinks = flex_mask_mod(q_pos, k_pos, p, window, sink, kind, first_key=sink)(b, 0, q, k)
-        want = dense_mask(q_pos, k_pos, p, window, sink, kind) & (k_pos >= sink)[:, None, None, :]
-        assert torch.equal(no_sinks, want), (window, sink, kind)
 
 
 def _tiles(mask: torch.Tensor, block: int, reduce) -> torch.Tensor:
@@ -54,20 +51,19 @@ def _tiles(mask: torch.Tensor, block: int, reduce) -> torch.Tensor:
     return getattr(tiles, reduce)(dim=(2, 4)) if reduce == "any" else tiles.all(dim=4).all(dim=2)
 
 
-@pytest.mark.parametrize("first_key", [0, 5])
 @pytest.mark.parametrize("kind,window,sink", [("swa", 5, 0), ("swa", 7, 3), ("swa_fa_decode", 6, 2),
                                               ("full", None, 0), ("swa", 40, 9)])
-def test_block_visibility_bounds_the_dense_tiles(kind, window, sink, first_key):
+def test_block_visibility_bounds_the_dense_tiles(kind, window, sink):
     """`some` covers every tile with a visible pair and `full` only tiles that are all visible, under left padding,
-    cached keys before the queries, lengths that are not multiples of the tile, and keys cut below `first_key`."""
+    cached keys before the queries, and lengths that are not multiples of the tile."""
     g = torch.Generator().manual_seed(window or 0)
     for lq, lk, block in [(37, 37, 4), (5, 41, 8), (64, 64, 8), (1, 30, 4)]:
         pads = torch.randint(0, min(lq, 6), (3,), generator=g)
         k_pos = torch.stack([torch.cat([torch.full((int(p),), -1), torch.arange(lk - int(p))]) for p in pads])
         q_pos = k_pos[:, lk - lq:]
         prompt = torch.randint(1, lk, (3,), generator=g)
-        some, full = block_visibility(q_pos, k_pos, prompt, window, sink, kind, block, first_key)
-        dense = dense_mask(q_pos, k_pos, prompt, window, sink, kind) & (k_pos >= first_key)[:, None, None, :]
+        some, full = block_visibility(q_pos, k_pos, prompt, window, sink, kind, block)
+        dense = dense_mask(q_pos, k_pos, prompt, window, sink, kind)
         assert some.shape == full.shape == (3, -(-lq // block), -(-lk // block))
         assert not (_tiles(dense, block, "any") & ~some).any()
         assert not (full & ~_tiles(dense, block, "all")).any()
@@ -76,10 +72,9 @@ def test_block_visibility_bounds_the_dense_tiles(kind, window, sink, first_key):
 def test_block_visibility_is_tight_for_an_unpadded_prompt():
     """Without padding the window band's tiles are classified exactly, so flex skips no work it could skip."""
     pos = torch.arange(96)[None]
-    for first_key in (0, 8):
-        some, full = block_visibility(pos, pos, torch.tensor([96]), 24, 8, "swa", 8, first_key)
-        dense = dense_mask(pos, pos, torch.tensor([96]), 24, 8, "swa") & (pos >= first_key)
-        assert torch.equal(some, _tiles(dense, 8, "any")) and torch.equal(full, _tiles(dense, 8, "all"))
+    some, full = block_visibility(pos, pos, torch.tensor([96]), 24, 8, "swa", 8)
+    dense = dense_mask(pos, pos, torch.tensor([96]), 24, 8, "swa")
+    assert torch.equal(some, _tiles(dense, 8, "any")) and torch.equal(full, _tiles(dense, 8, "all"))
 
 
 def test_flex_mask_mod_does_not_recompile_for_new_configs():
