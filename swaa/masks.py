@@ -51,15 +51,13 @@ def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Te
 
 
 def block_visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor, window: int | None,
-                     sink: int, kind: LayerKind, block: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(some, full): bool (B, Lq/q_block, Lk/k_block) tiles of `visible` (`block`: one size, or (q_block, k_block)),
-    from each tile's extreme positions alone.
+                     sink: int, kind: LayerKind, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(some, full): bool (B, Lq/block, Lk/block) tiles of `visible`, from each tile's extreme positions alone.
 
     `some` is a superset of the tiles with a visible pair, `full` a subset of the tiles whose pairs are all visible
     (padding in a tile makes it not full). Costs O(L/block) per tile, never a dense mask.
     """
-    q_block, k_block = (block, block) if isinstance(block, int) else block
-    (q_lo, q_hi, q_pad), (k_lo, k_hi, k_pad) = _tile_ranges(q_pos, q_block), _tile_ranges(k_pos, k_block)
+    (q_lo, q_hi, q_pad), (k_lo, k_hi, k_pad) = _tile_ranges(q_pos, block), _tile_ranges(k_pos, block)
     q_lo, q_hi, q_pad = q_lo[:, :, None], q_hi[:, :, None], q_pad[:, :, None]
     k_lo, k_hi, k_pad = k_lo[:, None, :], k_hi[:, None, :], k_pad[:, None, :]
     real = (q_hi >= 0) & (k_hi >= 0)

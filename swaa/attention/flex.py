@@ -19,9 +19,7 @@ from swaa.attention.reference import reference_attention
 from swaa.masks import block_visibility, flex_mask_mod
 
 log = logging.getLogger(__name__)
-# BlockMask tiles: 128 queries x 64 keys, the kernel's own forward tile, so the sink block is all sinks when S = 64
-# and a window's partial edge tile spans at most 63 keys
-BLOCK = (128, 64)
+BLOCK = 128  # FlexAttention's tile, queries and keys
 _TUNING = contextvars.ContextVar("swaa_flex_tuning", default=({}, None))  # (kernel_options, torch.compile mode)
 
 
