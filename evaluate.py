@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
     p.add_argument("--decode", choices=DECODE_MODES, default="generate",
                    help="answers by transformers' generate, or by StaticDecoder steps (one CUDA graph replay per "
-                        "token on GPU; the same greedy answers) (default: %(default)s)")
+                        "token on GPU; generate's greedy answers in float32, rare bf16 near-ties may differ) "
+                        "(default: %(default)s)")
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)

@@ -1,11 +1,9 @@
 """swaa.bench_kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list."""
 
 import argparse
-
-import pytest
-
 import contextlib
 
+import pytest
 import torch
 from torch.nn.attention import SDPBackend
 

@@ -1,7 +1,7 @@
 """Batched greedy generation of answers to chat prompts, and prefill/decode timing.
 
-Answers come from `model.generate` (decode="generate") or from StaticDecoder steps (decode="static": the same greedy
-tokens, one CUDA graph replay per token on GPU).
+Answers come from `model.generate` (decode="generate") or from StaticDecoder steps (decode="static": one CUDA graph
+replay per token on GPU; the same greedy tokens in float32, while in bf16 a near-tie can flip, RESULTS.md).
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ def run_grid(
     `model_path`: Hugging Face folder, .gguf file, 'tiny:<family>:<layers>:<vocab>', or None (embedded SmolLM2).
     `model`/`tokenizer`/`model_id` inject a loaded model instead (tests). Arguments, data and prompt lengths are
     all checked before any model is loaded. Returns one record per cell, in grid order. `decode`: "generate"
-    (transformers) or "static" (StaticDecoder, CUDA graphs on GPU; the same greedy answers).
+    (transformers) or "static" (StaticDecoder, CUDA graphs on GPU; generate's greedy answers in float32).
     """
     configs = configs if configs is not None else load_grid(DEFAULT_GRID)[0]
     _check_settings(configs, tasks, lengths, n, max_new_tokens, batch_size, scorer, data_file, judge_model)
