@@ -74,9 +74,10 @@ class GenerationValidation(Callback):
             value = score(sample.scorer, prediction, sample.answers, sample.choices)
             per_task[sample.task].update(value)
             overall.update(value)
-        for task, metric in per_task.items():  # compute() syncs over ranks: same metrics, same order everywhere
-            pl_module.log(f"val/acc/{task}", metric.compute())
-        pl_module.log("val/acc", overall.compute(), prog_bar=True)
+        # compute() syncs over ranks, so every rank logs the same values; sync_dist only tells Lightning so
+        for task, metric in per_task.items():
+            pl_module.log(f"val/acc/{task}", metric.compute(), sync_dist=True)
+        pl_module.log("val/acc", overall.compute(), prog_bar=True, sync_dist=True)
 
 
 def _spread(items: list, k: int) -> list:

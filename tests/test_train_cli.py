@@ -1,5 +1,8 @@
-"""train.py: a 2-step CPU fit of configs/smoke.yaml, resume with --ckpt_path last, and CLI errors."""
+"""train.py: a 2-step CPU fit of configs/smoke.yaml, resume with --ckpt_path last, two processes from the command line,
+and CLI errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,8 @@ from train import cli_main
 
 from swaa.data import SFTDataModule
 
-SMOKE = str(Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml")
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
 def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch):
@@ -65,3 +69,46 @@ def test_data_module_by_short_name_gets_the_model_tokenizer():
     cli = cli_main(["--model.model", "/models/qwen", "--data", "SFTDataModule", "--data.train_files", "[a.jsonl]",
                     "--trainer.logger", "false"], run=False)
     assert type(cli.datamodule) is SFTDataModule and cli.datamodule.tokenizer_path == "/models/qwen"
+
+
+def run_train(cwd: Path, *args: str) -> None:
+    """train.py fit of the smoke config as a command, from `cwd` (where it writes runs/)."""
+    command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", SMOKE,
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.max_steps", "4", *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "sync_dist=True" not in result.stderr  # GenerationValidation's metrics are synced across ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accelerator, strategy", [
+    ("cpu", "ddp"),
+    pytest.param("gpu", "fsdp", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")),
+])
+def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubled_batch(tmp_path, accelerator,
+                                                                                       strategy):
+    """`--trainer.devices 2 --trainer.strategy ddp|fsdp` as users run it (Lightning re-runs the command for rank 1;
+    gloo on CPU): 2 + 2 steps with a resume, only rank 0 writing, end at the weights of 4 steps in one process with
+    batch 4."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    common = ["--trainer.accelerator", accelerator]
+    if strategy == "fsdp":  # FSDP draws fresh LoRA weights unlike one process: start both from the same saved ones
+        (tmp_path / "init").mkdir()
+        run_train(tmp_path / "init", *common, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
+        common += ["--model.init_weights", str(tmp_path / "init" / "runs" / "smoke" / "checkpoints" / "last.ckpt")]
+    parallel = [*common, "--trainer.devices", "2", "--trainer.strategy", strategy]
+    run_train(two, *parallel, "--trainer.max_steps", "2")
+    run_train(two, *parallel, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    run_train(one, *common, "--data.init_args.batch_size", "4", "--trainer.limit_val_batches", "0")
+
+    runs = two / "runs" / "smoke"
+    assert sorted(p.name for p in runs.iterdir()) == ["checkpoints", "version_0", "version_1"]  # one per command
+    assert sorted(p.name for p in (runs / "checkpoints").iterdir()) == [
+        "epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
+    resumed = torch.load(runs / "checkpoints" / "last.ckpt", weights_only=True)
+    straight = torch.load(one / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 4
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    for name, want in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], want, rtol=1e-4, atol=1e-6, msg=name)
