@@ -4,7 +4,7 @@
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
-# Measured on one H200 (RESULTS.md): teacher 4.3 min, each SWAA-FT about 5 min, each grid configuration 1-2 min.
+# Measured on one H200 (RESULTS.md, third run): teacher 7.3 min, each SWAA-FT about 6.5 min, a grid config 1-2 min.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
