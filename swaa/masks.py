@@ -17,13 +17,20 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
     Full layers (or answer rows, q_pos >= prompt_len, of 'swa_fa_decode' layers): j <= i.
     SWA rows: j <= i and (i - j < window or j < sink); `window` counts the query itself.
     """
-    causal = (k_pos >= 0) & (k_pos <= q_pos)
+    causal = _causal(q_pos, k_pos)
     if kind == "full" or window is None:
         return causal
-    local = (q_pos - k_pos < window) | (k_pos < sink)
-    if kind == "swa_fa_decode":
-        local = local | (q_pos >= prompt_len)
-    return causal & local
+    return causal & _local(q_pos, k_pos, prompt_len, window, sink, kind == "swa_fa_decode")
+
+
+def _causal(i, j):
+    """A real key at or before the query."""
+    return (j >= 0) & (j <= i)
+
+
+def _local(i, j, prompt_len, window, sink, fa_decode):
+    """What an SWA row adds to causality: inside the window, a sink key, or (FA decode) an answer row."""
+    return (i - j < window) | (j < sink) | (fa_decode & (i >= prompt_len))
 
 
 def dense_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Tensor,
@@ -44,8 +51,7 @@ def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Te
 
     def mask_mod(b, h, q_idx, kv_idx):
         i, j = q_pos[b, q_idx], k_pos[b, kv_idx]
-        local = (i - j < window) | (j < sink) | (fa_decode & (i >= prompt_len[b]))
-        return (j >= 0) & (j <= i) & local
+        return _causal(i, j) & _local(i, j, prompt_len[b], window, sink, fa_decode)
 
     return mask_mod
 
