@@ -1,4 +1,5 @@
-"""Kernel benchmark: FA causal vs SWAA flex and flash at one length, forward and forward+backward, useful TFLOP/s.
+"""Kernel benchmark: FA causal vs SWAA flex, flash and cudnn (if installed) at one length, forward and
+forward+backward, useful TFLOP/s.
 
 Each backend is first checked against a float64 reference at a short length; a failing backend is not timed.
 Run on a GPU: python -m swaa.bench_kernels --length 32768 --out BENCH.json
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import platform
@@ -113,15 +115,17 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = ()) -> list[dict]:
-    """Time causal SDPA, then flash and flex (once per entry of `flex_tunings`: kernel_options plus an optional
-    compile_mode) at each sink count; SWA rows get their time over (visible-pair share x each causal kernel's)."""
+    """Time causal SDPA, then flash, cudnn (when nvidia-cudnn-frontend is installed) and flex (once per entry of
+    `flex_tunings`: kernel_options plus an optional compile_mode) at each sink count; SWA rows get their time over
+    (visible-pair share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
     kk, vv = (t.detach().repeat_interleave(hq // hkv, 1).requires_grad_() for t in (k, v))
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
     cases = _causal_cases(q, kk, vv, dout)
-    variants = [("flash", None)] + [("flex", t) for t in (flex_tunings or [{}])]
+    variants = [("flash", None)] + [("cudnn", None)] * (importlib.util.find_spec("cudnn") is not None) \
+        + [("flex", t) for t in (flex_tunings or [{}])]
     for sink in sinks:
         for name, tune in variants:
             x = _inputs(length, window, sink, device)

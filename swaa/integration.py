@@ -18,6 +18,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from swaa.attention import BACKENDS
+from swaa.attention.cudnn import cudnn_ops
 from swaa.attention.inputs import LayerInputs
 from swaa.cache import SinkWindowLayer, SlotPlan
 from swaa.config import SWAAConfig
@@ -162,9 +163,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return choice
     if backend not in BACKENDS:
         raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
-    if backend == "flash" and device.type != "cuda":
-        raise ValueError(f"backend 'flash' needs a CUDA device, but the model is on {device}; "
+    if backend in ("flash", "cudnn") and device.type != "cuda":
+        raise ValueError(f"backend {backend!r} needs a CUDA device, but the model is on {device}; "
                          "use 'flex' or 'reference'")
+    if backend == "cudnn":
+        cudnn_ops()  # a clear error now, not at the first forward, when nvidia-cudnn-frontend is missing
     return backend
 
 

@@ -1,5 +1,6 @@
 """Every backend against a float64 attention built from swaa.masks, on random shapes, paddings and configs."""
 
+import importlib.util
 import random
 from types import SimpleNamespace
 
@@ -12,6 +13,8 @@ from swaa.masks import dense_mask
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+CUDNN = pytest.param("cudnn", marks=pytest.mark.skipif(importlib.util.find_spec("cudnn") is None,
+                                                       reason="needs nvidia-cudnn-frontend"))
 
 
 def attention64(q, k, v, mask, scale):
@@ -79,16 +82,38 @@ def test_backend_matches_float64_cpu(name, seed, monkeypatch):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(24))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["reference", "flex", "flash"])
+@pytest.mark.parametrize("name", ["reference", "flex", "flash", CUDNN])
 def test_backend_matches_float64_cuda(name, dtype, seed):
     check(name, "cuda", dtype, seed)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("name", ["flex", "flash"])
+@pytest.mark.parametrize("name", ["flex", "flash", CUDNN])
 def test_long_sequences_cuda(name, seed):
     check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("name", ["flex", "flash", CUDNN])
+def test_half_precision_gradients_cuda(name, seed):
+    """bf16 gradients of q, k, v within 2% (relative norm) of float64 autograd, on random paddings and configs."""
+    rng = random.Random(200 + seed)
+    (q, k, v), x = random_case(rng, "cuda", torch.bfloat16, lq=rng.choice([None, 300]), lk=300)
+    mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
+    rows = (x.q_pos >= 0)[..., None, None].double()
+    weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64, device="cuda",
+                         generator=torch.Generator("cuda").manual_seed(seed))
+    grads = []
+    for half in (True, False):
+        leaves = [t.detach().clone().requires_grad_() if half else t.detach().double().requires_grad_()
+                  for t in (q, k, v)]
+        out = call_backend(name, *leaves, x) if half else attention64(*leaves, mask, q.shape[-1] ** -0.5)
+        (out.double() * rows * weight).sum().backward()
+        grads.append([t.grad.double() for t in leaves])
+    for g_got, g_want in zip(*grads):
+        assert (g_got - g_want).norm() <= 2e-2 * g_want.norm() + 1e-6, (name, seed, x.kind, x.window, x.sink)
 
 
 @pytest.mark.parametrize("name", ["reference", "chunked", "flex"])
@@ -113,11 +138,31 @@ def test_gradients_match_float64(name):
             assert torch.allclose(g_got, g_want, atol=1e-4), (seed, (g_got - g_want).abs().max())
 
 
-def test_flash_refuses_cpu():
+@pytest.mark.parametrize("name", ["flash", "cudnn"])
+def test_cuda_backends_refuse_cpu(name):
     rng = random.Random(0)
     (q, k, v), x = random_case(rng, "cpu", torch.float32)
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        call_backend("flash", q, k, v, x)
+    with pytest.raises(RuntimeError, match=f"backend '{name}' needs a CUDA device"):
+        call_backend(name, q, k, v, x)
+
+
+def test_cudnn_without_its_package_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from swaa.attention.cudnn import cudnn_ops
+    real_import = builtins.__import__
+
+    def no_cudnn(name, *args, **kwargs):
+        if name.startswith("cudnn"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_cudnn)
+    cudnn_ops.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="pip install nvidia-cudnn-frontend"):
+            cudnn_ops()
+    finally:
+        cudnn_ops.cache_clear()
 
 
 def varlen_dense(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, causal=True):

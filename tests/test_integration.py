@@ -180,8 +180,9 @@ def test_bad_input_errors():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match=r"full_layers: layer indices \[9\] out of range"):
         apply_swaa(model, SWAAConfig(window=4, full_layers=[9]))
-    with pytest.raises(ValueError, match="'flash' needs a CUDA device"):
-        apply_swaa(model, SWAAConfig(window=4), backend="flash")
+    for backend in ("flash", "cudnn"):
+        with pytest.raises(ValueError, match=f"'{backend}' needs a CUDA device"):
+            apply_swaa(model, SWAAConfig(window=4), backend=backend)
     with pytest.raises(ValueError, match="unknown SWAA backend 'fast'"):
         apply_swaa(model, SWAAConfig(window=4), backend="fast")
     with pytest.raises(ValueError, match="no SWAA config given"):

@@ -206,19 +206,24 @@ def _accumulate(grad: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | N
         grad[sel] += packed.to(grad.dtype)
 
 
-def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Attention with transformers' signature; q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D)."""
+def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *,
+                       backend: str = "flash", varlen=flash_varlen, varlen_bwd=flash_varlen_backward, **kwargs):
+    """Attention with transformers' signature; q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D).
+
+    `varlen`/`varlen_bwd`: the split calls' kernels (`flash_varlen`'s contract); `backend` names them in errors.
+    """
     if query.device.type != "cuda":
-        raise RuntimeError(f"backend 'flash' needs a CUDA device, got {query.device}; use 'flex' or 'reference'")
+        raise RuntimeError(f"backend '{backend}' needs a CUDA device, got {query.device}; use 'flex' or 'reference'")
     if query.dtype not in (torch.float16, torch.bfloat16):
         if not torch.is_autocast_enabled("cuda"):
-            raise ValueError(f"backend 'flash' needs float16 or bfloat16 inputs, got {query.dtype}; use 'flex'")
+            raise ValueError(f"backend '{backend}' needs float16 or bfloat16 inputs, got {query.dtype}; use 'flex'")
         half = torch.get_autocast_dtype("cuda")  # mixed precision: attention runs in the autocast dtype, like SDPA
         query, key, value = query.to(half), key.to(half), value.to(half)
     if dropout:
-        raise ValueError(f"backend 'flash' does not support attention dropout (got {dropout})")
+        raise ValueError(f"backend '{backend}' does not support attention dropout (got {dropout})")
     x = layer_inputs(module, query, key)
-    return flash_attention(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling), None
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return flash_attention(query, key, value, x, scale, varlen, varlen_bwd), None
 
 
 def flash_attention(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen,

@@ -1,0 +1,63 @@
+"""cuDNN backend (CUDA, optional `nvidia-cudnn-frontend`): the flash backend's split calls and log-sum-exp merge of
+the sink keys, on cuDNN's SDPA kernels with a diagonal band (window) instead of FlashAttention's."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from swaa.attention.flash import flash_attention_fn
+
+
+@functools.cache
+def cudnn_ops():
+    """torch.ops.cudnn.sdpa_fwd / sdpa_bwd, registered by importing the frontend's torch module."""
+    try:
+        import cudnn.sdpa.fwd.torch_op  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("backend 'cudnn' needs the optional package nvidia-cudnn-frontend "
+                           "(pip install nvidia-cudnn-frontend); use 'flex' or 'flash'") from e
+    return torch.ops.cudnn
+
+
+def _band(window_left: int | None, causal: bool) -> dict:
+    """cuDNN's mask for a `flash_varlen` call: causal is bottom-right aligned, and cuDNN's left bound counts the
+    visible keys including the query's own (FlashAttention's window_left + 1)."""
+    return {"is_causal": causal, "causal_bottom_right": causal,
+            "window_left": -1 if window_left is None else window_left + 1}
+
+
+def _bhsd(t: torch.Tensor) -> torch.Tensor:
+    """Packed (T, H, D) of one sequence -> a (1, H, T, D) view."""
+    return t.permute(1, 0, 2)[None]
+
+
+def cudnn_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, window_left: int | None,
+                 causal: bool = True):
+    """`flash_varlen`'s contract on cuDNN: q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out (Tq, Hq, D), lse (Hq, Tq)."""
+    ops, band = cudnn_ops(), _band(window_left, causal)
+    if len(cu_q) == 2:  # one sequence: the dense kernel, no ragged offsets
+        out, lse = ops.sdpa_fwd(_bhsd(q), _bhsd(k), _bhsd(v), scale, **band, return_lse=True)
+        return out[0].permute(1, 0, 2), lse[0, :, :, 0]
+    out, lse = ops.sdpa_fwd(q, k, v, scale, **band, cu_seqlens_q=cu_q, cu_seqlens_kv=cu_k, max_seqlen_q=max_q,
+                            max_seqlen_kv=max_k, return_lse=True)
+    return out, lse[:, :, 0].transpose(0, 1)
+
+
+def cudnn_varlen_backward(d_out, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, scale: float,
+                          window_left: int | None, causal: bool = True):
+    """`flash_varlen_backward`'s contract on cuDNN: gradients given the row's final out and LSE (Hq, Tq)."""
+    ops, band = cudnn_ops(), _band(window_left, causal)
+    if len(cu_q) == 2:
+        stats = lse.float()[None, :, :, None].contiguous()  # (1, Hq, Tq, 1)
+        grads = ops.sdpa_bwd(*(_bhsd(t) for t in (d_out, q, k, v, out)), stats, scale, **band)
+        return tuple(g[0].permute(1, 0, 2) for g in grads)
+    from cudnn.sdpa.fwd.torch_op import thd_lse_to_padded
+    stats = thd_lse_to_padded(lse.float().transpose(0, 1).contiguous(), cu_q, max_q)  # (B, Hq, max_q, 1)
+    return ops.sdpa_bwd(d_out, q, k, v, out, stats, scale, **band, cu_seqlens_q=cu_q, cu_seqlens_kv=cu_k,
+                        max_seqlen_q=max_q, max_seqlen_kv=max_k)
+
+
+cudnn_attention_fn = functools.partial(flash_attention_fn, backend="cudnn", varlen=cudnn_varlen,
+                                       varlen_bwd=cudnn_varlen_backward)
