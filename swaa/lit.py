@@ -207,7 +207,8 @@ class SWAAFineTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = trainable_names(self)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        check_keys(set(checkpoint["state_dict"]), keys, "being saved")
+        if self.trainer.is_global_zero or checkpoint["state_dict"]:  # FSDP gathers the weights on rank 0 only
+            check_keys(set(checkpoint["state_dict"]), keys, "being saved")
         checkpoint[FINGERPRINT_KEY] = self.fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
