@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import lightning as L
+from torch.distributed.fsdp import FullyShardedDataParallel
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 
@@ -64,8 +66,9 @@ class GenerationValidation(Callback):
         was_training = model.training
         model.eval()
         try:
-            predictions = generate_answers(model, tokenizer, [s.prompt for s in shard], self.max_new_tokens,
-                                           self.batch_size, decode=self.decode)
+            with _whole_weights(trainer):
+                predictions = generate_answers(model, tokenizer, [s.prompt for s in shard], self.max_new_tokens,
+                                               self.batch_size, decode=self.decode)
         finally:
             model.train(was_training)
         per_task = {task: MeanMetric().to(pl_module.device) for task in dict.fromkeys(s.task for s in samples)}
@@ -78,6 +81,15 @@ class GenerationValidation(Callback):
         for task, metric in per_task.items():
             pl_module.log(f"val/acc/{task}", metric.compute(), sync_dist=True)
         pl_module.log("val/acc", overall.compute(), prog_bar=True, sync_dist=True)
+
+
+def _whole_weights(trainer: L.Trainer):
+    """Context in which every rank holds whole weights: FSDP gathers its shards (generation runs outside its forward
+    hooks); other strategies need nothing."""
+    wrapped = trainer.strategy.model
+    if wrapped is not None and any(isinstance(m, FullyShardedDataParallel) for m in wrapped.modules()):
+        return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
+    return contextlib.nullcontext()
 
 
 def _spread(items: list, k: int) -> list:

@@ -1,5 +1,7 @@
 """GenerationValidation: logs val/acc per task during a real 1-step fit and leaves the model's state as it was."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -67,6 +69,7 @@ def test_val_prompts_and_max_samples(smollm2_tokenizer):
 class _Stub:
     def __init__(self, datamodule):
         self.datamodule, self.sanity_checking, self.global_rank, self.world_size = datamodule, False, 0, 1
+        self.strategy = SimpleNamespace(model=None)
 
 
 def test_state_restored_and_every_n_val(smollm2_tokenizer, val_samples):
