@@ -1,5 +1,6 @@
 """cuDNN backend (CUDA, optional `nvidia-cudnn-frontend`): the flash backend's split calls and log-sum-exp merge of
-the sink keys, on cuDNN's SDPA kernels with a diagonal band (window) instead of FlashAttention's."""
+the sink keys, with the forward calls on cuDNN's SDPA kernels with a diagonal band (window) and the backward on
+FlashAttention's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 
 import torch
 
-from swaa.attention.flash import flash_attention_fn
+from swaa.attention.flash import flash_attention_fn, flash_varlen_backward
 
 
 @functools.cache
@@ -45,19 +46,7 @@ def cudnn_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, wind
     return out, lse[:, :, 0].transpose(0, 1)
 
 
-def cudnn_varlen_backward(d_out, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, scale: float,
-                          window_left: int | None, causal: bool = True):
-    """`flash_varlen_backward`'s contract on cuDNN: gradients given the row's final out and LSE (Hq, Tq)."""
-    ops, band = cudnn_ops(), _band(window_left, causal)
-    if len(cu_q) == 2:
-        stats = lse.float()[None, :, :, None].contiguous()  # (1, Hq, Tq, 1)
-        grads = ops.sdpa_bwd(*(_bhsd(t) for t in (d_out, q, k, v, out)), stats, scale, **band)
-        return tuple(g[0].permute(1, 0, 2) for g in grads)
-    from cudnn.sdpa.fwd.torch_op import thd_lse_to_padded
-    stats = thd_lse_to_padded(lse.float().transpose(0, 1).contiguous(), cu_q, max_q)  # (B, Hq, max_q, 1)
-    return ops.sdpa_bwd(d_out, q, k, v, out, stats, scale, **band, cu_seqlens_q=cu_q, cu_seqlens_kv=cu_k,
-                        max_seqlen_q=max_q, max_seqlen_kv=max_k)
-
-
+# backward: FlashAttention's kernel per call, given the merged out and LSE (exact whichever kernel ran the forward).
+# cuDNN's own band backward measured 5.7x slower than it at 32k (BENCHMARKS.md) and missed one CUDA gradient test.
 cudnn_attention_fn = functools.partial(flash_attention_fn, backend="cudnn", varlen=cudnn_varlen,
-                                       varlen_bwd=cudnn_varlen_backward)
+                                       varlen_bwd=flash_varlen_backward)
