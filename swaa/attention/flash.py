@@ -279,7 +279,7 @@ def flash_forward(query, key, value, x: LayerInputs, plan: dict, scale: float, v
         merged = torch.logaddexp(lse_all, lse_sink)
         # share of the sink keys in each row's softmax: 0 where a row has none (NaN from -inf - -inf included)
         w_sink = torch.exp(lse_sink - merged).nan_to_num(0.0)[..., None]
-        out, lse_all = out + (o_sink - out) * w_sink.to(out.dtype), merged
+        out, lse_all = out.lerp(o_sink, w_sink.to(out.dtype)), merged  # one pass, rounded once
     return out, lse_all
 
 
