@@ -225,6 +225,45 @@ def test_flash_backward_matches_float64(seed):
         assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
 
 
+def cudnn_dense_stand_in(q, k, v, scale, is_causal, causal_bottom_right, window_left, window_right=-1,
+                         return_lse=True):
+    """Pure-PyTorch stand-in for torch.ops.cudnn.sdpa_fwd on (B, H, S, D), as its docs define the band: bottom-right
+    aligned causal, left bound = visible keys counting the query's own."""
+    assert is_causal == causal_bottom_right and window_right == -1 and return_lse
+    g, (sq, sk) = q.shape[1] // k.shape[1], (q.shape[2], k.shape[2])
+    qi, kj = torch.arange(sq)[:, None] + sk - sq, torch.arange(sk)[None]
+    ok = (kj <= qi) if is_causal else torch.ones(sq, sk, dtype=torch.bool)
+    if window_left >= 0:
+        ok = ok & (qi - kj < window_left)
+    scores = (q @ k.repeat_interleave(g, 1).transpose(-1, -2) * scale).masked_fill(~ok, float("-inf"))
+    return torch.softmax(scores, -1) @ v.repeat_interleave(g, 1), scores.logsumexp(-1)[..., None]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cudnn_calls_match_float64_with_stand_ins(seed, monkeypatch):
+    """The cudnn backend's layouts and band arguments, with the cuDNN op and the flash kernels (ragged batches,
+    backward) replaced by exact stand-ins: output and gradients against float64."""
+    import swaa.attention.cudnn as cudnn_backend
+    from swaa.attention.flash import flash_attention
+    monkeypatch.setattr(cudnn_backend, "cudnn_ops", lambda: SimpleNamespace(sdpa_fwd=cudnn_dense_stand_in))
+    monkeypatch.setattr(cudnn_backend, "flash_varlen", varlen_dense)
+    rng = random.Random(300 + seed)
+    (q, k, v), x = random_case(rng, "cpu", torch.float64)
+    mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
+    rows = (x.q_pos >= 0)[..., None, None].double()
+    weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(seed))
+    results = []
+    for stand_in in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = flash_attention(*leaves, x, 0.25, varlen=cudnn_backend.cudnn_varlen, varlen_bwd=varlen_dense_backward) \
+            if stand_in else attention64(*leaves, mask, 0.25)
+        (out * rows * weight).sum().backward()
+        results.append([out * rows] + [t.grad for t in leaves])
+    for got, want in zip(*results):
+        assert (got - want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_flash_planning_matches_float64(seed):
     """The flash backend's split into window/causal/sink calls and its LSE merge, with an exact stand-in kernel."""

@@ -1,6 +1,6 @@
 """cuDNN backend (CUDA, optional `nvidia-cudnn-frontend`): the flash backend's split calls and log-sum-exp merge of
-the sink keys, with the forward calls on cuDNN's SDPA kernels with a diagonal band (window) and the backward on
-FlashAttention's."""
+the sink keys, with the forward calls of one sequence on cuDNN's SDPA kernel with a diagonal band (the window) and
+everything else (ragged batches, the backward) on FlashAttention's."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import functools
 
 import torch
 
-from swaa.attention.flash import flash_attention_fn, flash_varlen_backward
+from swaa.attention.flash import flash_attention_fn, flash_varlen, flash_varlen_backward
 
 
 @functools.cache
 def cudnn_ops():
-    """torch.ops.cudnn.sdpa_fwd / sdpa_bwd, registered by importing the frontend's torch module."""
+    """torch.ops.cudnn (sdpa_fwd), registered by importing the frontend's torch module."""
     try:
         import cudnn.sdpa.fwd.torch_op  # noqa: F401
     except ImportError as e:
@@ -36,17 +36,17 @@ def _bhsd(t: torch.Tensor) -> torch.Tensor:
 
 def cudnn_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, window_left: int | None,
                  causal: bool = True):
-    """`flash_varlen`'s contract on cuDNN: q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out (Tq, Hq, D), lse (Hq, Tq)."""
-    ops, band = cudnn_ops(), _band(window_left, causal)
-    if len(cu_q) == 2:  # one sequence: the dense kernel, no ragged offsets
-        out, lse = ops.sdpa_fwd(_bhsd(q), _bhsd(k), _bhsd(v), scale, **band, return_lse=True)
-        return out[0].permute(1, 0, 2), lse[0, :, :, 0]
-    out, lse = ops.sdpa_fwd(q, k, v, scale, **band, cu_seqlens_q=cu_q, cu_seqlens_kv=cu_k, max_seqlen_q=max_q,
-                            max_seqlen_kv=max_k, return_lse=True)
-    return out, lse[:, :, 0].transpose(0, 1)
+    """`flash_varlen`'s contract on cuDNN for one sequence: q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out (Tq, Hq, D),
+    lse (Hq, Tq). Calls over several sequences go to `flash_varlen`: after cuDNN's ragged (THD) forward of a decode
+    step over 3 sequences, the FA backward gave gradients 30x too large (tests/test_attention.py, on an H200)."""
+    if len(cu_q) != 2:
+        return flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, causal)
+    out, lse = cudnn_ops().sdpa_fwd(_bhsd(q), _bhsd(k), _bhsd(v), scale, **_band(window_left, causal),
+                                    return_lse=True)
+    return out[0].permute(1, 0, 2), lse[0, :, :, 0]
 
 
 # backward: FlashAttention's kernel per call, given the merged out and LSE (exact whichever kernel ran the forward).
-# cuDNN's own band backward measured 5.7x slower than it at 32k (BENCHMARKS.md) and missed one CUDA gradient test.
+# cuDNN's own band backward measured 5.7x slower than it at 32k (BENCHMARKS.md).
 cudnn_attention_fn = functools.partial(flash_attention_fn, backend="cudnn", varlen=cudnn_varlen,
                                        varlen_bwd=flash_varlen_backward)
