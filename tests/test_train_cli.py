@@ -88,8 +88,8 @@ def run_train(cwd: Path, *args: str) -> None:
 def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubled_batch(tmp_path, accelerator,
                                                                                        strategy):
     """`--trainer.devices 2 --trainer.strategy ddp|fsdp` as users run it (Lightning re-runs the command for rank 1;
-    gloo on CPU): 2 + 2 steps with a resume, only rank 0 writing, end at the weights of 4 steps in one process with
-    batch 4."""
+    gloo on CPU): 2 + 2 steps with a resume, only rank 0 writing, and the weights of one process with batch 4 at step 2
+    (before the resume) and step 4."""
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
     common = ["--trainer.accelerator", accelerator]
@@ -106,12 +106,13 @@ def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubl
     assert sorted(p.name for p in runs.iterdir()) == ["checkpoints", "version_0", "version_1"]  # one per command
     assert sorted(p.name for p in (runs / "checkpoints").iterdir()) == [
         "epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
-    resumed = torch.load(runs / "checkpoints" / "last.ckpt", weights_only=True)
-    straight = torch.load(one / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == straight["global_step"] == 4
-    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
-    diffs = {name: (resumed["state_dict"][name] - want).abs().max().item() for name, want in
-             straight["state_dict"].items()}
-    worst = max(diffs, key=diffs.get)
-    scale = straight["state_dict"][worst].abs().max().item()
-    assert diffs[worst] <= 1e-6 + 1e-4 * scale, f"{worst}: max |diff| {diffs[worst]:.3e}, max |value| {scale:.3e}"
+    for name, step in (("epoch=0-step=2.ckpt", 2), ("last.ckpt", 4)):  # before the resume, then after it
+        got = torch.load(runs / "checkpoints" / name, weights_only=True)
+        want = torch.load(one / "runs" / "smoke" / "checkpoints" / name, weights_only=True)
+        assert got["global_step"] == want["global_step"] == step
+        assert got["state_dict"].keys() == want["state_dict"].keys()
+        diffs = {k: (got["state_dict"][k] - w).abs().max().item() for k, w in want["state_dict"].items()}
+        worst = max(diffs, key=diffs.get)
+        scale = want["state_dict"][worst].abs().max().item()
+        assert diffs[worst] <= 1e-6 + 1e-4 * scale, \
+            f"step {step}, {worst}: max |diff| {diffs[worst]:.3e}, max |value| {scale:.3e}"
