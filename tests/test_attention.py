@@ -204,9 +204,9 @@ def varlen_dense_backward(d_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, sc
     return dq, dk, dv
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_flash_backward_matches_float64(seed):
-    """Gradients of the split calls (window, causal, sink bulk and edge rows) from the merged out/LSE are exact."""
+def split_calls_vs_float64(seed: int, varlen, varlen_bwd):
+    """`flash_attention` with the given kernels, and float64 autograd, on one random case: [out, dq, dk, dv] of each
+    (out and gradients of a random weighting of the real rows), and the case's LayerInputs."""
     from swaa.attention.flash import flash_attention
     rng = random.Random(seed)
     (q, k, v), x = random_case(rng, "cpu", torch.float64)
@@ -214,14 +214,21 @@ def test_flash_backward_matches_float64(seed):
     rows = (x.q_pos >= 0)[..., None, None].double()
     weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64,
                          generator=torch.Generator().manual_seed(seed))
-    grads = []
-    for flash in (True, False):
+    results = []
+    for split in (True, False):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = flash_attention(*leaves, x, 0.25, varlen=varlen_dense, varlen_bwd=varlen_dense_backward) if flash \
+        out = flash_attention(*leaves, x, 0.25, varlen=varlen, varlen_bwd=varlen_bwd) if split \
             else attention64(*leaves, mask, 0.25)
         (out * rows * weight).sum().backward()
-        grads.append([t.grad for t in leaves])
-    for g_got, g_want in zip(*grads):
+        results.append([out * rows] + [t.grad for t in leaves])
+    return results, x
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_flash_backward_matches_float64(seed):
+    """Gradients of the split calls (window, causal, sink bulk and edge rows) from the merged out/LSE are exact."""
+    (got, want), x = split_calls_vs_float64(seed, varlen_dense, varlen_dense_backward)
+    for g_got, g_want in zip(got, want):
         assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
 
 
@@ -244,24 +251,11 @@ def test_cudnn_calls_match_float64_with_stand_ins(seed, monkeypatch):
     """The cudnn backend's layouts and band arguments, with the cuDNN op and the flash kernels (ragged batches,
     backward) replaced by exact stand-ins: output and gradients against float64."""
     import swaa.attention.cudnn as cudnn_backend
-    from swaa.attention.flash import flash_attention
     monkeypatch.setattr(cudnn_backend, "cudnn_ops", lambda: SimpleNamespace(sdpa_fwd=cudnn_dense_stand_in))
     monkeypatch.setattr(cudnn_backend, "flash_varlen", varlen_dense)
-    rng = random.Random(300 + seed)
-    (q, k, v), x = random_case(rng, "cpu", torch.float64)
-    mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
-    rows = (x.q_pos >= 0)[..., None, None].double()
-    weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(seed))
-    results = []
-    for stand_in in (True, False):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = flash_attention(*leaves, x, 0.25, varlen=cudnn_backend.cudnn_varlen, varlen_bwd=varlen_dense_backward) \
-            if stand_in else attention64(*leaves, mask, 0.25)
-        (out * rows * weight).sum().backward()
-        results.append([out * rows] + [t.grad for t in leaves])
-    for got, want in zip(*results):
-        assert (got - want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
+    (got, want), x = split_calls_vs_float64(300 + seed, cudnn_backend.cudnn_varlen, varlen_dense_backward)
+    for g_got, g_want in zip(got, want):
+        assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
 
 
 @pytest.mark.parametrize("seed", range(60))
