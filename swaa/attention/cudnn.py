@@ -22,10 +22,10 @@ def cudnn_ops():
     return torch.ops.cudnn
 
 
-def _band(window_left: int | None, causal: bool) -> dict:
-    """cuDNN's mask for a `flash_varlen` call: causal is bottom-right aligned, and cuDNN's left bound counts the
-    visible keys including the query's own (FlashAttention's window_left + 1)."""
-    return {"is_causal": causal, "causal_bottom_right": causal,
+def _band(window_left: int | None) -> dict:
+    """cuDNN's mask for a causal `flash_varlen` call: bottom-right aligned, and cuDNN's left bound counts the visible
+    keys including the query's own (FlashAttention's window_left + 1)."""
+    return {"is_causal": True, "causal_bottom_right": True,
             "window_left": -1 if window_left is None else window_left + 1}
 
 
@@ -36,12 +36,14 @@ def _bhsd(t: torch.Tensor) -> torch.Tensor:
 
 def cudnn_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float, window_left: int | None,
                  causal: bool = True):
-    """`flash_varlen`'s contract on cuDNN for one sequence: q (Tq, Hq, D), k/v (Tk, Hkv, D) -> out (Tq, Hq, D),
-    lse (Hq, Tq). Calls over several sequences go to `flash_varlen`: after cuDNN's ragged (THD) forward of a decode
-    step over 3 sequences, the FA backward gave gradients 30x too large (tests/test_attention.py, on an H200)."""
-    if len(cu_q) != 2:
+    """`flash_varlen`'s contract on cuDNN for the window and causal calls of one sequence: q (Tq, Hq, D),
+    k/v (Tk, Hkv, D) -> out (Tq, Hq, D), lse (Hq, Tq); other calls go to `flash_varlen`."""
+    # On the H200 (BENCHMARKS.md): after cuDNN's ragged (THD) forward of a decode step over 3 sequences, the FA
+    # backward gave gradients 30x too large; and with the unmasked sink-key call on cuDNN, the sinks added 2.25 ms
+    # at 32k against 1.47 ms on FA.
+    if len(cu_q) != 2 or not causal:
         return flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, causal)
-    out, lse = cudnn_ops().sdpa_fwd(_bhsd(q), _bhsd(k), _bhsd(v), scale, **_band(window_left, causal),
+    out, lse = cudnn_ops().sdpa_fwd(_bhsd(q), _bhsd(k), _bhsd(v), scale, **_band(window_left),
                                     return_lse=True)
     return out[0].permute(1, 0, 2), lse[0, :, :, 0]
 
