@@ -6,8 +6,8 @@ import contextlib
 import logging
 
 import lightning as L
-from torch.distributed.fsdp import FullyShardedDataParallel
 from lightning.pytorch.callbacks import Callback
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
 from swaa.eval.generate import DECODE_MODES, generate_answers
