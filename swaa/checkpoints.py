@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from peft import PeftModel
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file as load_safetensors
 from transformers import PretrainedConfig, PreTrainedModel
 
 from swaa.config import SWAAConfig
@@ -144,8 +145,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path,
                          lora: LoRASettings | None = None) -> None:
-    """Copy the trainable weights of train.py checkpoint `path` into `model` (same architecture and LoRA settings)."""
-    _load_trained_state(model, read_checkpoint(path), path, lora)
+    """Copy the trainable weights of a train.py checkpoint or a peft adapter folder (e.g. data/adapters/teacher_fa)
+    into `model`, which must have the same architecture and LoRA settings."""
+    if Path(path).is_dir():
+        _load_adapter_folder(model, Path(path), lora)
+    else:
+        _load_trained_state(model, read_checkpoint(path), path, lora)
+
+
+def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora: LoRASettings | None) -> None:
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    missing = [f.name for f in (config_file, weights_file) if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{folder} is not a peft adapter folder: {', '.join(missing)} missing")
+    if not isinstance(model, PeftModel):
+        raise CheckpointError(f"{folder} holds LoRA adapters, but this model has none (lora.full_finetune is set)")
+    saved = json.loads(config_file.read_text())
+    if lora is not None:
+        fields = {"rank": ("r", lora.rank), "alpha": ("lora_alpha", lora.alpha), "rslora": ("use_rslora", lora.rslora)}
+        differ = [f"lora.{name}: adapter has {saved.get(key)!r}, current run has {value!r}"
+                  for name, (key, value) in fields.items() if saved.get(key) != value]
+        if differ:
+            raise CheckpointError(f"adapter {folder} was trained with other LoRA settings: {'; '.join(differ)}")
+    state = load_safetensors(weights_file)
+    check_keys(set(state), set(get_peft_model_state_dict(model)), folder)
+    set_peft_model_state_dict(model, state)
+    log.info("loaded %d trained tensors from %s", len(state), folder)
 
 
 def _load_trained_state(model: PreTrainedModel | PeftModel, checkpoint: dict, path: str | Path,

@@ -108,8 +108,9 @@ class SWAAFineTuner(L.LightningModule):
             distill_weight: weight of KL(FA teacher || student) on answer tokens added to the CE loss; the teacher is
                 the same weights with adapters disabled, under full attention.
             distill_temperature: softmax temperature of the distillation term.
-            init_weights: a train.py checkpoint of the same model and LoRA settings whose trained weights start this
-                run (e.g. the FA teacher's adapters, to SWAA-fine-tune it); `--ckpt_path` resumes instead.
+            init_weights: a train.py checkpoint or a peft adapter folder (same model and LoRA settings) whose trained
+                weights start this run (e.g. the FA teacher's adapters, to SWAA-fine-tune it); `--ckpt_path` resumes
+                instead.
         """
         super().__init__()
         self.swaa_config = resolve_swaa(swaa)

@@ -139,6 +139,24 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(trained):
         module(lora=LoRASettings(rank=8), init_weights=str(path)).configure_model()
 
 
+def test_init_weights_from_an_exported_adapter_folder(trained, tmp_path):
+    lit, path = trained
+    folder = export(path, tmp_path / "adapter")
+    started = module(init_weights=str(folder))
+    started.configure_model()
+    for name, p in lit.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(dict(started.named_parameters())[name], p)
+    with pytest.raises(CheckpointError, match="lora.alpha: adapter has 32, current run has 8"):
+        module(lora=LoRASettings(rank=4, alpha=8), init_weights=str(folder)).configure_model()
+    with pytest.raises(CheckpointError, match=r"4 missing .*o_proj\.lora_A"):  # the file has no o_proj adapters
+        module(lora=LoRASettings(rank=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+               init_weights=str(folder)).configure_model()
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors missing"):
+        module(init_weights=str(folder)).configure_model()
+
+
 def test_adapter_export_keeps_the_trained_dtype(trained, tmp_path):
     from safetensors.torch import load_file as load_safetensors
     checkpoint = read_checkpoint(trained[1])
