@@ -3,9 +3,13 @@
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from conftest import tiny_model
-from swaa import SWAAConfig, apply_swaa, prompt_lengths, remove_swaa, swaa_disabled
+from test_attention import CUDNN
+
+from swaa import SWAAConfig, apply_swaa, integration, prompt_lengths, remove_swaa, swaa_disabled
+from swaa.attention import BACKENDS
 from swaa.cache import SinkWindowLayer
 
 CFG = SWAAConfig(window=6, sink=2, fa_decode=[0, 2], full_layers=[1])
@@ -202,8 +206,17 @@ def test_bad_input_errors():
         model.model(ids, attention_mask=mask)
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_backend_is_registered_under_its_own_name(backend, monkeypatch):
+    """apply_swaa maps every backend, CUDA-only ones too (device check skipped), to a registered implementation."""
+    monkeypatch.setattr(integration, "resolve_backend", lambda name, device: name)
+    model = apply_swaa(tiny_model("llama"), SWAAConfig(window=4), backend=backend)
+    name = model.config._attn_implementation
+    assert "flash" not in name and ALL_ATTENTION_FUNCTIONS[name] is BACKENDS[backend]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["flex", "flash", "auto"])
+@pytest.mark.parametrize("backend", ["flex", "flash", "auto", CUDNN])
 def test_cuda_backends_model_level(backend):
     """bf16 on the GPU: teacher-forced logits and generation logits of flex/flash close to the float32 reference."""
     cfg = SWAAConfig(window=16, sink=4, fa_decode=[0, 2], full_layers=[1])
