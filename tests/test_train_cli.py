@@ -107,8 +107,8 @@ def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubl
     assert sorted(p.name for p in (runs / "checkpoints").iterdir()) == [
         "epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
     for name, step in (("epoch=0-step=2.ckpt", 2), ("last.ckpt", 4)):  # before the resume, then after it
-        got = torch.load(runs / "checkpoints" / name, weights_only=True)
-        want = torch.load(one / "runs" / "smoke" / "checkpoints" / name, weights_only=True)
+        got = torch.load(runs / "checkpoints" / name, map_location="cpu", weights_only=True)
+        want = torch.load(one / "runs" / "smoke" / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert got["global_step"] == want["global_step"] == step
         assert got["state_dict"].keys() == want["state_dict"].keys()
         # element-wise |diff| <= 1e-6 + 1e-4 |want|; on failure: where, by how much, and in how much of the tensor
