@@ -4,7 +4,8 @@
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
-# Measured on one H200 (RESULTS.md, third run): teacher 7.3 min, each SWAA-FT about 6.5 min, a grid config 1-2 min.
+# Measured on one H200 (RESULTS.md, third and fourth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
+# 4-6.5 min, a grid config 1-2 min.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,17 +25,22 @@ stage() {  # stage NAME COMMAND...: run once, within the time left; output in ru
 }
 
 stage teacher python train.py fit --config configs/experiment/teacher_fa.yaml $MODEL_ARG --ckpt_path last
+TEACHER="--model.init_weights runs/teacher_fa/checkpoints/last.ckpt"  # this teacher, not the committed adapter
+stage teacher_more python train.py fit --config configs/experiment/teacher_fa_more.yaml $MODEL_ARG $TEACHER \
+  --ckpt_path last
 for run in swaa_ft_fad_half swaa_ft_fast; do
-  stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG --ckpt_path last
+  stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG $TEACHER --ckpt_path last
 done
-for run in teacher_fa swaa_ft_fad_half swaa_ft_fast; do
+for run in teacher_fa teacher_fa_more swaa_ft_fad_half swaa_ft_fast; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
 GRID="--swaa configs/swaa/grid_issue6.yaml"
 stage eval_swaa_ft_fad_half python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fad_half/checkpoints/last.ckpt \
-  $GRID --configs fa,w512_sink_fad_half --out results/swaa_ft_fad_half
+  $GRID --configs fa,w512_sink_fad_half --decode static --out results/swaa_ft_fad_half
 stage eval_swaa_ft_fast python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fast/checkpoints/last.ckpt \
-  $GRID --configs fa,w512_sink_quarter --out results/swaa_ft_fast
+  $GRID --configs fa,w512_sink_quarter --decode static --out results/swaa_ft_fast
+stage eval_teacher_more python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
+  $GRID --configs fa,w512_sink_fad_half --decode static --out results/teacher_more
 stage eval_teacher python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa/checkpoints/last.ckpt $GRID --speed \
   --out results/teacher
