@@ -25,7 +25,6 @@ from swaa.config import SWAAConfig
 
 log = logging.getLogger(__name__)
 # Registered attention names. None may contain "flash": transformers reads such names as hub kernel requests.
-# the name each backend is registered under; never one with 'flash' in it (transformers reads those as hub kernels)
 IMPLEMENTATIONS = {name: "swaa_varlen" if name == "flash" else f"swaa_{name}" for name in BACKENDS}
 SUPPORTED = ("Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral and other decoder-only models that use transformers' "
              "AttentionInterface")

@@ -7,7 +7,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from conftest import tiny_model
 from test_attention import CUDNN
-
 from swaa import SWAAConfig, apply_swaa, integration, prompt_lengths, remove_swaa, swaa_disabled
 from swaa.attention import BACKENDS
 from swaa.cache import SinkWindowLayer
