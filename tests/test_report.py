@@ -4,9 +4,11 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer
 
 from swaa import SWAAConfig
-from swaa.eval.report import main, markdown_table, records_frame, summary_table, write_report
+from swaa.eval.report import (config_colors, main, markdown_table, plot_accuracy, records_frame, summary_table,
+                               write_report)
 from swaa.eval.results import ResultStore, make_key
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
@@ -109,3 +111,17 @@ def test_percent_of_fa_compares_the_same_cells(tmp_path):
     table = summary_table(records).set_index("config")
     assert table.loc["sink", "% of FA"] == pytest.approx(100 * 0.5 / 0.75)
     assert table.loc["naive", "% of FA"] == pytest.approx(100 * 0.25 / 0.375)
+
+
+def test_accuracy_plot_gives_each_configuration_one_distinct_colour(tmp_path):
+    student = [r for r in _records(tmp_path / "b", speed=False, adapter="/ckpt/lora") if r["config_name"] != "fa"]
+    fig = plot_accuracy(_records(tmp_path / "a", speed=False) + student)  # the second panel lacks "fa"
+    by_label = {}
+    for ax in fig.axes:
+        for bars in ax.containers:
+            if isinstance(bars, BarContainer):
+                by_label.setdefault(bars.get_label(), set()).add(bars.patches[0].get_facecolor())
+    assert set(by_label) == set(CONFIGS) and all(len(c) == 1 for c in by_label.values())  # same colour in each panel
+    assert len({c for cs in by_label.values() for c in cs}) == len(CONFIGS)
+    grid = [f"config{i}" for i in range(14)]  # more than tab10's 10 colours
+    assert len(set(config_colors(grid).values())) == 14

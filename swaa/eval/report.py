@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from swaa.eval.results import load_records, write_atomic
@@ -108,11 +109,18 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def config_colors(configs: list[str]) -> dict[str, tuple]:
+    """One distinct colour per configuration (tab10, or tab20 beyond 10), the same in every panel of a plot."""
+    cmap = colormaps["tab10" if len(configs) <= 10 else "tab20"]
+    return {config: cmap(i % cmap.N) for i, config in enumerate(configs)}
+
+
 def plot_accuracy(records: list[dict[str, Any]]) -> Figure:
     """Grouped bars per run: x = prompt length, one bar per configuration (mean over tasks, ± stderr)."""
     df = records_frame(records)
     df["length"] = df["length"].fillna("file")
     runs = list(dict.fromkeys(df["run"]))
+    colors = config_colors(list(dict.fromkeys(df["config"])))
     fig = Figure(figsize=(max(6.0, 1.2 * df["config"].nunique() * df["length"].nunique()), 3.5 * len(runs)))
     for i, run in enumerate(runs):
         ax = fig.add_subplot(len(runs), 1, i + 1)
@@ -124,7 +132,7 @@ def plot_accuracy(records: list[dict[str, Any]]) -> Figure:
             acc = c["accuracy"].mean().reindex(lengths)
             se = c["stderr"].apply(lambda s: math.sqrt((s ** 2).sum()) / len(s)).reindex(lengths)
             ax.bar([k + j * width for k in range(len(lengths))], 100 * acc, width, yerr=100 * se, label=config,
-                   capsize=2)
+                   capsize=2, color=colors[config])
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(lengths))], [str(x) for x in lengths])
         ax.set(xlabel="prompt length (tokens)", ylabel="accuracy (%)", ylim=(0, 105), title=run)
         ax.legend(fontsize="small", ncols=2)
