@@ -4,8 +4,8 @@
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
-# Measured on one H200 (RESULTS.md, third and fourth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
-# 4-6.5 min, a grid config 1-2 min.
+# Measured on one H200 (RESULTS.md, third to fifth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
+# 4-6.5 min, a grid configuration about 45 s with --decode static (1-2 min with generate or --speed).
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,9 +28,10 @@ stage teacher python train.py fit --config configs/experiment/teacher_fa.yaml $M
 TEACHER="--model.init_weights runs/teacher_fa/checkpoints/last.ckpt"  # this teacher, not the committed adapter
 stage teacher_more python train.py fit --config configs/experiment/teacher_fa_more.yaml $MODEL_ARG $TEACHER \
   --ckpt_path last
-for run in swaa_ft_fad_half swaa_ft_fast; do
-  stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG $TEACHER --ckpt_path last
-done
+stage swaa_ft_fast python train.py fit --config configs/experiment/swaa_ft_fast.yaml $MODEL_ARG $TEACHER \
+  --ckpt_path last
+stage swaa_ft_fad_half python train.py fit --config configs/experiment/swaa_ft_fad_half.yaml $MODEL_ARG \
+  --model.init_weights runs/teacher_fa_more/checkpoints/last.ckpt --ckpt_path last   # from the final teacher
 for run in teacher_fa teacher_fa_more swaa_ft_fad_half swaa_ft_fast; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
@@ -40,7 +41,5 @@ stage eval_swaa_ft_fad_half python evaluate.py $EVAL_MODEL --adapter runs/swaa_f
   $GRID --configs fa,w512_sink_fad_half --decode static --out results/swaa_ft_fad_half
 stage eval_swaa_ft_fast python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fast/checkpoints/last.ckpt \
   $GRID --configs fa,w512_sink_quarter --decode static --out results/swaa_ft_fast
-stage eval_teacher_more python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
-  $GRID --configs fa,w512_sink_fad_half --decode static --out results/teacher_more
-stage eval_teacher python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa/checkpoints/last.ckpt $GRID --speed \
-  --out results/teacher
+stage eval_teacher_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
+  $GRID --decode static --speed --out results/teacher_more
