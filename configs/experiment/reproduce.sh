@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (two configurations), adapters, evaluations.
+# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (two configurations), adapters, the table.
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
@@ -43,3 +43,5 @@ stage eval_swaa_ft_fast python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fa
   $GRID --configs fa,w512_sink_quarter --decode static --out results/swaa_ft_fast
 stage eval_teacher_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
   $GRID --decode static --speed --out results/teacher_more
+stage table python -m swaa.eval.report results/teacher_more results/swaa_ft_fad_half results/swaa_ft_fast \
+  --out results/issue6   # table.md, table.csv, accuracy.png, speed.png: RESULTS.md "fifth run"
