@@ -110,7 +110,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def config_colors(configs: list[str]) -> dict[str, tuple]:
-    """One distinct colour per configuration (tab10, or tab20 beyond 10), the same in every panel of a plot."""
+    """A colour per configuration, the same in every panel: tab10, or tab20 beyond 10 (distinct up to 20)."""
     cmap = colormaps["tab10" if len(configs) <= 10 else "tab20"]
     return {config: cmap(i % cmap.N) for i, config in enumerate(configs)}
 
