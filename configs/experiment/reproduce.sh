@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (two configurations), adapters, the table.
+# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (five runs), adapters, the table.
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
-# Measured on one H200 (RESULTS.md, third to fifth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
-# 4-6.5 min, a grid configuration about 45 s with --decode static (1-2 min with generate or --speed).
+# Measured on one H200 (RESULTS.md, third to sixth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
+# 4.5-6.5 min alone, its evaluation about 3 min, a grid configuration about 45 s with --decode static (1-2 min with
+# generate or --speed): about 75 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,20 +29,25 @@ stage teacher python train.py fit --config configs/experiment/teacher_fa.yaml $M
 TEACHER="--model.init_weights runs/teacher_fa/checkpoints/last.ckpt"  # this teacher, not the committed adapter
 stage teacher_more python train.py fit --config configs/experiment/teacher_fa_more.yaml $MODEL_ARG $TEACHER \
   --ckpt_path last
-stage swaa_ft_fast python train.py fit --config configs/experiment/swaa_ft_fast.yaml $MODEL_ARG $TEACHER \
-  --ckpt_path last
-stage swaa_ft_fad_half python train.py fit --config configs/experiment/swaa_ft_fad_half.yaml $MODEL_ARG \
-  --model.init_weights runs/teacher_fa_more/checkpoints/last.ckpt --ckpt_path last   # from the final teacher
-for run in teacher_fa teacher_fa_more swaa_ft_fad_half swaa_ft_fast; do
+TEACHER_MORE="--model.init_weights runs/teacher_fa_more/checkpoints/last.ckpt"  # every SWAA-FT starts from it
+# name (= its config in configs/experiment/) and the grid configuration it is evaluated under
+FT_RUNS="swaa_ft_fad_half:w512_sink_fad_half swaa_ft_fad_half_w1024:w1024_sink_fad_half swaa_ft_fast:w512_sink_quarter
+         swaa_ft_sink_half:w512_sink_half swaa_ft_sink_half_w1024:w1024_sink_half"
+for pair in $FT_RUNS; do
+  run=${pair%%:*}
+  stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG $TEACHER_MORE --ckpt_path last
+done
+for run in teacher_fa teacher_fa_more $(for pair in $FT_RUNS; do echo "${pair%%:*}"; done); do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
 GRID="--swaa configs/swaa/grid_issue6.yaml"
-stage eval_swaa_ft_fad_half python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fad_half/checkpoints/last.ckpt \
-  $GRID --configs fa,w512_sink_fad_half --decode static --out results/swaa_ft_fad_half
-stage eval_swaa_ft_fast python evaluate.py $EVAL_MODEL --adapter runs/swaa_ft_fast/checkpoints/last.ckpt \
-  $GRID --configs fa,w512_sink_quarter --decode static --out results/swaa_ft_fast
+for pair in $FT_RUNS; do
+  run=${pair%%:*}
+  stage "eval_$run" python evaluate.py $EVAL_MODEL --adapter "runs/$run/checkpoints/last.ckpt" $GRID \
+    --configs "fa,${pair#*:}" --decode static --out "results/$run"
+done
 stage eval_teacher_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
   $GRID --decode static --speed --out results/teacher_more
-stage table python -m swaa.eval.report results/teacher_more results/swaa_ft_fad_half results/swaa_ft_fast \
-  --out results/issue6   # table.md, table.csv, accuracy.png, speed.png: RESULTS.md "fifth run"
+stage table python -m swaa.eval.report results/teacher_more $(for pair in $FT_RUNS; do echo "results/${pair%%:*}"; done) \
+  --out results/issue6   # table.md, table.csv, accuracy.png, speed.png: RESULTS.md "sixth run"
