@@ -6,7 +6,7 @@
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
 # Measured on one H200 (RESULTS.md, third to sixth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
 # 4.5-6.5 min alone, its evaluation about 3 min, a grid configuration about 45 s with --decode static (1-2 min with
-# generate or --speed): about 75 min in all.
+# generate or --speed): 75-90 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
