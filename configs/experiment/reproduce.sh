@@ -33,11 +33,11 @@ TEACHER_MORE="--model.init_weights runs/teacher_fa_more/checkpoints/last.ckpt"  
 # name (= its config in configs/experiment/) and the grid configuration it is evaluated under
 FT_RUNS="swaa_ft_fad_half:w512_sink_fad_half swaa_ft_fad_half_w1024:w1024_sink_fad_half swaa_ft_fast:w512_sink_quarter
          swaa_ft_sink_half:w512_sink_half swaa_ft_sink_half_w1024:w1024_sink_half"
-for pair in $FT_RUNS; do
-  run=${pair%%:*}
+FT_NAMES=$(for pair in $FT_RUNS; do echo "${pair%%:*}"; done)
+for run in $FT_NAMES; do
   stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG $TEACHER_MORE --ckpt_path last
 done
-for run in teacher_fa teacher_fa_more $(for pair in $FT_RUNS; do echo "${pair%%:*}"; done); do
+for run in teacher_fa teacher_fa_more $FT_NAMES; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
@@ -49,5 +49,5 @@ for pair in $FT_RUNS; do
 done
 stage eval_teacher_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
   $GRID --decode static --speed --out results/teacher_more
-stage table python -m swaa.eval.report results/teacher_more $(for pair in $FT_RUNS; do echo "results/${pair%%:*}"; done) \
+stage table python -m swaa.eval.report results/teacher_more $(printf 'results/%s ' $FT_NAMES) \
   --out results/issue6   # table.md, table.csv, accuracy.png, speed.png: RESULTS.md "sixth run"
