@@ -1,6 +1,6 @@
 """Accuracy (and optionally speed) of one model over a grid of SWAA configurations.
 
-`python evaluate.py` runs the default grid (configs/swaa/grid.yaml) on the embedded SmolLM2-135M-Instruct with its
+`python evaluate.py` runs the default grid (swaa/grid.yaml, bundled) on the embedded SmolLM2-135M-Instruct with its
 trained FA-teacher adapter (data/adapters/teacher_fa; `--adapter none` for the bare model) and writes results, tables
 and plots to results/. Finished cells are skipped when re-run with the same settings.
 """
@@ -16,7 +16,7 @@ import torch
 
 from swaa.eval.generate import DECODE_MODES
 from swaa.eval.report import markdown_table, summary_table, write_report
-from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, PRESETS, load_grid, parse_swaa_spec, run_grid
+from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, load_grid, parse_swaa_spec, run_grid
 
 # the embedded model's FA teacher (RESULTS.md, issue 6): without it SmolLM2 fails most long-context tasks even with FA
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
                                   f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
     p.add_argument("--configs", nargs="+", help="run only these configurations of the grid, by name")
-    p.add_argument("--presets", default=str(PRESETS), help="SWAA presets YAML (default: %(default)s)")
+    p.add_argument("--presets", help="SWAA presets YAML (default: the bundled swaa/presets.yaml)")
     p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
     p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
     p.add_argument("--n", type=int, help="samples per task and length, or the first n of --data")

@@ -28,7 +28,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrained
 
 from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.attention import BACKENDS
-from swaa.eval.results import write_atomic
+from swaa.files import write_atomic
 from swaa.integration import resolve_backend
 from swaa.models import forward_with_cache
 from swaa.profiling import CATEGORIES, IDLE, time_breakdown, timed_ms
@@ -516,7 +516,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
                              "(plus hf_window, attn_implementation)")
-    parser.add_argument("--presets", default="configs/swaa/presets.yaml")
+    parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled swaa/presets.yaml)")
     parser.add_argument("--window", type=int, default=2048, help="W of the built-in configs")
     parser.add_argument("--sink", type=int, default=64, help="S of the built-in SWAA configs")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")

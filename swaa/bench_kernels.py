@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from swaa.attention import BACKENDS
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
-from swaa.eval.results import write_atomic
+from swaa.files import write_atomic
 from swaa.masks import dense_mask
 
 log = logging.getLogger(__name__)

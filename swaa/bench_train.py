@@ -18,7 +18,7 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from swaa import SWAAConfig, apply_swaa
 from swaa.bench import SHAPES
-from swaa.eval.results import write_atomic
+from swaa.files import write_atomic
 from swaa.profiling import time_breakdown
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,9 @@ the trainable parameters and whose `swaa_fingerprint` names the model, its archi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +19,7 @@ from safetensors.torch import load_file as load_safetensors
 from transformers import PretrainedConfig, PreTrainedModel
 
 from swaa.config import SWAAConfig
+from swaa.files import write_atomic
 from swaa.lora import LoRASettings, add_lora
 from swaa.models import DEFAULT_GGUF, base_model
 from swaa.tiny import is_tiny_spec
@@ -107,23 +105,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """torch.save through `write_atomic`: readers never see a partial checkpoint."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

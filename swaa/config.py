@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 
 LayerKind = Literal["full", "swa", "swa_fa_decode"]
 _PATTERN = re.compile(r"^every:(\d+):from:(\d+)$")
+PRESETS_FILE = "presets.yaml"  # bundled with the package, beside this module
 PATTERN_HELP = "'odd', 'even', 'every:K:from:J' (K >= 1, J >= 0), or a list of 0-based layer indices"
 
 
@@ -138,19 +140,42 @@ def _check_depth(field: str, indices: list[int], depth: int) -> None:
                          f"(allowed 0..{depth - 1})")
 
 
-def load_presets(path: str | Path) -> dict[str, SWAAConfig]:
-    """Read a YAML file mapping preset names to SWAA configs (`configs/swaa/presets.yaml`)."""
-    path = Path(path)
+def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
+    """Read a YAML file mapping preset names to SWAA configs; None reads the presets bundled with the package."""
+    source = Path(path) if path is not None else resources.files("swaa") / PRESETS_FILE
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(source.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read SWAA presets file {path}: {e}") from e
+        raise ValueError(f"cannot read SWAA presets file {source}: {e}") from e
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a non-empty mapping of preset name -> SWAA config")
+        raise ValueError(f"{source}: expected a non-empty mapping of preset name -> SWAA config")
     presets = {}
     for name, cfg in data.items():
         try:
             presets[str(name)] = SWAAConfig.from_dict(cfg or {})
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: preset {name!r}: {e}") from e
+            raise ValueError(f"{source}: preset {name!r}: {e}") from e
     return presets
+
+
+def resolve_swaa(spec: SWAAConfig | dict | str | None, presets: dict[str, SWAAConfig] | None = None,
+                 where: str = "swaa") -> SWAAConfig:
+    """The one way to turn a user's SWAA value into a config: a SWAAConfig, a dict of fields, a JSON object, a preset
+    name (from `presets`, default the bundled ones) or None (full attention). Errors start with `where`."""
+    if spec is None or isinstance(spec, SWAAConfig):
+        return spec or SWAAConfig()
+    if isinstance(spec, str) and not spec.strip().startswith("{"):
+        presets = load_presets() if presets is None else presets
+        if spec not in presets:
+            raise ValueError(f"{where}: unknown SWAA preset {spec!r}; choose one of {sorted(presets)} or give a "
+                             "mapping of SWAA fields")
+        return presets[spec]
+    try:
+        if isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"invalid JSON ({e})") from e
+        return SWAAConfig.from_dict(dict(spec) if isinstance(spec, dict) else spec)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}={spec!r}: {e}") from e

@@ -19,29 +19,13 @@ from transformers import PreTrainedModel
 
 from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, load_trained_weights,
                               make_fingerprint, read_checkpoint, trainable_names)
-from swaa.config import SWAAConfig, load_presets
+from swaa.config import SWAAConfig, resolve_swaa
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
 from swaa.models import base_model, load_model
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
-PRESETS_PATH = Path(__file__).resolve().parent.parent / "configs" / "swaa" / "presets.yaml"
 Schedule = Literal["cosine", "linear", "constant"]
-
-
-def resolve_swaa(spec: dict | str | SWAAConfig | None) -> SWAAConfig:
-    """A SWAAConfig from a dict, a preset name in configs/swaa/presets.yaml, or None (full attention)."""
-    if spec is None:
-        return SWAAConfig()
-    if isinstance(spec, SWAAConfig):
-        return spec
-    if isinstance(spec, str):
-        presets = load_presets(PRESETS_PATH)
-        if spec not in presets:
-            raise ValueError(f"swaa={spec!r}: unknown preset; choose one of {sorted(presets)} ({PRESETS_PATH}) "
-                             "or give a dict of SWAA fields")
-        return presets[spec]
-    return SWAAConfig.from_dict(dict(spec))
 
 
 def tokenizer_for(model: str | None) -> str | None:
@@ -96,7 +80,7 @@ class SWAAFineTuner(L.LightningModule):
             model: Hugging Face folder, .gguf file, None for the embedded SmolLM2-135M-Instruct, or
                 'tiny:<family>:<layers>:<vocab>' for a tiny random Llama/Qwen3.
             swaa: SWAA config fields (window, sink, fa_decode, full_layers) or a preset name from
-                configs/swaa/presets.yaml; None trains with full attention.
+                swaa/presets.yaml (bundled); None trains with full attention.
             backend: SWAA attention backend: auto, reference, chunked, flex or flash.
             lora: LoRA adapters, or full_finetune.
             lr: peak learning rate of AdamW.

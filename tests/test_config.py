@@ -1,6 +1,7 @@
 import pytest
 
 from swaa import SWAAConfig, load_presets
+from swaa.config import resolve_swaa
 
 
 def test_layer_kinds_and_patterns():
@@ -53,7 +54,7 @@ def test_unknown_key():
 
 
 def test_shipped_presets_parse(tmp_path):
-    presets = load_presets("configs/swaa/presets.yaml")
+    presets = load_presets()
     assert presets["fa"] == SWAAConfig()
     assert presets["sink_fa_decode_interleave_half"].tag == "w512-s64-fad-full:odd"
     bad = tmp_path / "p.yaml"
@@ -62,3 +63,16 @@ def test_shipped_presets_parse(tmp_path):
         load_presets(bad)
     with pytest.raises(ValueError, match="cannot read"):
         load_presets(tmp_path / "missing.yaml")
+
+
+def test_resolve_swaa_presets_json_and_errors():
+    assert resolve_swaa(None).window is None
+    assert resolve_swaa("sink_fa_decode") == load_presets()["sink_fa_decode"]
+    assert resolve_swaa({"window": 16, "full_layers": "odd"}).tag == "w16-full:odd"
+    assert resolve_swaa('{"window": 16, "sink": 2}').tag == "w16-s2"
+    with pytest.raises(ValueError, match="swaa: unknown SWAA preset 'nope'"):
+        resolve_swaa("nope")
+    with pytest.raises(ValueError, match="unknown SWAA config key"):
+        resolve_swaa({"windw": 3})
+    with pytest.raises(ValueError, match=r"--x='\{bad': invalid JSON"):
+        resolve_swaa("{bad", where="--x")

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from swaa.checkpoints import AtomicCheckpointIO
 from swaa.data import SyntheticDataModule
-from swaa.lit import SWAAFineTuner, lr_factor, resolve_swaa
+from swaa.lit import SWAAFineTuner, lr_factor
 from swaa.lora import LoRASettings
 from swaa.tiny import build_tiny_model
 
@@ -37,16 +37,6 @@ def built(**kwargs) -> SWAAFineTuner:
     module = SWAAFineTuner(**{"model": TINY, "swaa": {"window": 8}, "lora": LoRASettings(rank=4), **kwargs})
     module.configure_model()
     return module
-
-
-def test_resolve_swaa_presets_and_errors():
-    assert resolve_swaa(None).window is None
-    assert resolve_swaa("sink_fa_decode").sink == 64
-    assert resolve_swaa({"window": 16, "full_layers": "odd"}).tag == "w16-full:odd"
-    with pytest.raises(ValueError, match="swaa='nope': unknown preset"):
-        resolve_swaa("nope")
-    with pytest.raises(ValueError, match="unknown SWAA config key"):
-        resolve_swaa({"windw": 3})
 
 
 def test_lr_schedule():

@@ -9,7 +9,7 @@ from conftest import tiny_model
 from swaa import SWAAConfig
 from swaa.eval import runner
 from swaa.eval.report import markdown_table, summary_table
-from swaa.eval.runner import DEFAULT_GRID, PRESETS, load_grid, parse_swaa_spec, run_grid
+from swaa.eval.runner import DEFAULT_GRID, load_grid, parse_swaa_spec, run_grid
 
 CONFIGS = {"fa": SWAAConfig(), "swa": SWAAConfig(window=32, sink=2, fa_decode=True)}
 
@@ -174,7 +174,7 @@ def test_parse_swaa_spec():
     assert parse_swaa_spec('{"window": 64, "sink": 4}') == {"w64-s4": SWAAConfig(window=64, sink=4)}
     assert parse_swaa_spec('{"mine": {"window": 64}, "base": "fa"}') == {"mine": SWAAConfig(window=64),
                                                                          "base": SWAAConfig()}
-    with pytest.raises(ValueError, match=r"unknown SWAA preset 'nope'; presets in .*presets.yaml: \['fa'"):
+    with pytest.raises(ValueError, match=r"config nope: unknown SWAA preset 'nope'; choose one of \['fa'"):
         parse_swaa_spec("fa,nope")
     with pytest.raises(ValueError, match="invalid JSON"):
         parse_swaa_spec("{window: 1")
@@ -183,7 +183,7 @@ def test_parse_swaa_spec():
 
 
 def test_default_grid_names_existing_presets():
-    configs, settings = load_grid(DEFAULT_GRID, PRESETS)
+    configs, settings = load_grid(DEFAULT_GRID)
     assert "fa" in configs and len(configs) >= 4
     assert set(settings) <= {"tasks", "lengths", "n", "seed", "max_new_tokens", "batch_size"}
     assert all(t in runner.TASKS for t in settings["tasks"])

@@ -47,7 +47,7 @@ def test_cli_rejects_unknown_keys_and_values(extra, message, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--data.init_args.tasks", "[no_such_task]"], "tasks=.*no_such_task.*known tasks"),
-    (["--model.swaa", "nope"], "swaa='nope': unknown preset"),
+    (["--model.swaa", "nope"], "swaa: unknown SWAA preset 'nope'"),
     (["--model.swaa", "{window: 0}"], "SWAAConfig.window=0"),
     (["--model.lora.dropout", "1.5"], "LoRASettings.dropout=1.5"),
 ])

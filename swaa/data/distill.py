@@ -16,14 +16,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from swaa import apply_swaa, load_presets
+from swaa import apply_swaa
+from swaa.config import resolve_swaa
 from swaa.data.chat import normalize_record, record_fields
 from swaa.data.sft import load_records
 from swaa.eval.generate import generate_answers
+from swaa.files import truncate_torn_tail
 from swaa.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
-PRESETS = Path(__file__).resolve().parents[2] / "configs" / "swaa" / "presets.yaml"
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -47,15 +48,7 @@ def read_done(out: Path, prompts: list[str]) -> set[int]:
     """Indices already in `out`; drops a truncated last line left by a crash; checks prompts match the input."""
     if not out.exists():
         return set()
-    data = out.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        log.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted run", out,
-                    len(data) - len(complete))
-        with open(out, "r+b") as f:
-            f.truncate(len(complete))
-            f.flush()
-            os.fsync(f.fileno())
+    complete = truncate_torn_tail(out)
     done = set()
     for n, line in enumerate(complete.decode().splitlines(), 1):
         record = json.loads(line)
@@ -94,18 +87,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output jsonl of SFT records (appended to; resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--swaa-preset", default=None, help=f"generate under this SWAA preset of {PRESETS}")
+    parser.add_argument("--swaa-preset", default=None, help="generate under this bundled SWAA preset (swaa/presets.yaml)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    presets = load_presets(PRESETS)
-    if args.swaa_preset is not None and args.swaa_preset not in presets:
-        parser.error(f"--swaa-preset {args.swaa_preset!r}: expected one of {sorted(presets)}")
+    try:
+        swaa = None if args.swaa_preset is None else resolve_swaa(args.swaa_preset, where="--swaa-preset")
+    except ValueError as e:
+        parser.error(str(e))
     path = None if args.model == "default" else args.model
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_model(path, device=args.device), load_tokenizer(path)
-    if args.swaa_preset is not None:
-        apply_swaa(model, presets[args.swaa_preset])
+    if swaa is not None:
+        apply_swaa(model, swaa)
     written = distill(model, tokenizer, prompts, args.out, args.batch_size, args.max_new_tokens)
     print(f"wrote {written} records to {args.out}")
 

@@ -16,7 +16,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from swaa.eval.results import load_records, write_atomic
+from swaa.eval.results import load_records
+from swaa.files import write_atomic
 
 log = logging.getLogger(__name__)
 FA_TAG = "fa"

@@ -11,10 +11,11 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from swaa.files import truncate_torn_tail, write_atomic
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.jsonl"
@@ -70,22 +71,6 @@ def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((s - mean) ** 2 for s in scores) / (n - 1)
     return mean, math.sqrt(var / n)
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to a temp file next to `path`, fsync, then os.replace it into place."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as umask allows, unlike mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -157,7 +142,7 @@ class ResultStore:
 
     def _append(self, line: str) -> None:
         """One os.write with O_APPEND, then fsync; a torn tail left by a crash is cut off first."""
-        self._truncate_torn_tail()
+        truncate_torn_tail(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             data = line.encode()
@@ -166,15 +151,6 @@ class ResultStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-    def _truncate_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: removing a torn last line (%d bytes)", self.path, len(data) - keep)
-            os.truncate(self.path, keep)
 
 
 def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
+from swaa.config import resolve_swaa
 from swaa.checkpoints import load_adapter
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.generate import DECODE_MODES, chat_token_ids, generate_answers, measure_speed
@@ -26,36 +28,22 @@ from swaa.models import base_model, default_model_path, load_config, load_model,
 from swaa.tiny import build_tiny_model, is_tiny_spec
 
 log = logging.getLogger(__name__)
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "swaa"
-PRESETS = CONFIGS_DIR / "presets.yaml"
-DEFAULT_GRID = CONFIGS_DIR / "grid.yaml"
+DEFAULT_GRID = resources.files("swaa") / "grid.yaml"  # evaluate.py's default grid, bundled with the package
 GRID_SETTINGS = ("tasks", "lengths", "n", "seed", "max_new_tokens", "batch_size")
 JUDGE = "judge"
 
 
-def _named_configs(spec: Any, presets_path: str | Path, where: str) -> dict[str, SWAAConfig]:
+def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> dict[str, SWAAConfig]:
     """A list of preset names, or a mapping of name -> config dict (or preset name), as SWAA configs."""
     if isinstance(spec, list):
         spec = {name: name for name in spec}
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"{where}: expected a non-empty list of preset names or a mapping name -> SWAA config")
     presets = load_presets(presets_path) if any(isinstance(v, str) for v in spec.values()) else {}
-    configs = {}
-    for name, value in spec.items():
-        if isinstance(value, str):
-            if value not in presets:
-                raise ValueError(f"{where}: unknown SWAA preset {value!r}; presets in {presets_path}: "
-                                 f"{sorted(presets)}")
-            configs[str(name)] = presets[value]
-        else:
-            try:
-                configs[str(name)] = SWAAConfig.from_dict(value)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{where}: config {name!r}: {e}") from e
-    return configs
+    return {str(name): resolve_swaa(value, presets, f"{where}: config {name}") for name, value in spec.items()}
 
 
-def load_grid(path: str | Path, presets_path: str | Path = PRESETS) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
+def load_grid(path: str | Path, presets_path: str | Path | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
     """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS."""
     path = Path(path)
     try:
@@ -71,7 +59,7 @@ def load_grid(path: str | Path, presets_path: str | Path = PRESETS) -> tuple[dic
     return _named_configs(data["configs"], presets_path, str(path)), settings
 
 
-def parse_swaa_spec(spec: str, presets_path: str | Path = PRESETS) -> dict[str, SWAAConfig]:
+def parse_swaa_spec(spec: str, presets_path: str | Path | None = None) -> dict[str, SWAAConfig]:
     """--swaa value: inline JSON (one config, or name -> config) or comma-separated preset names."""
     spec = spec.strip()
     if spec.startswith("{"):
@@ -79,9 +67,8 @@ def parse_swaa_spec(spec: str, presets_path: str | Path = PRESETS) -> dict[str, 
             data = json.loads(spec)
         except json.JSONDecodeError as e:
             raise ValueError(f"--swaa {spec!r}: invalid JSON ({e})") from e
-        fields = {f.name for f in dataclasses.fields(SWAAConfig)}
-        if not data or set(data) <= fields:
-            config = SWAAConfig.from_dict(data)
+        if not data or set(data) <= {f.name for f in dataclasses.fields(SWAAConfig)}:
+            config = resolve_swaa(data, where="--swaa")
             return {config.tag: config}
         return _named_configs(data, presets_path, "--swaa")
     names = [s.strip() for s in spec.split(",") if s.strip()]

@@ -1,0 +1,49 @@
+"""Crash-safe files: atomic replace-on-write, and the torn last line a killed appender leaves behind."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+
+def write_atomic(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
+    """Write `data` (bytes, text, or a function that writes to a binary file) to a temporary file next to `path`,
+    fsync it, then os.replace it into place: readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as the umask allows (mkstemp: 0600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def truncate_torn_tail(path: str | Path) -> bytes:
+    """Cut a last line without its newline (a crash mid-append) off `path`; returns the complete lines kept."""
+    path = Path(path)
+    if not path.exists():
+        return b""
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        log.warning("%s: removing a torn last line (%d bytes) left by an interrupted run", path, len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return data[:keep]
