@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import swaa.data  # noqa: F401  (registers SyntheticDataModule and SFTDataModule for `--data NAME`)
 from swaa.checkpoints import AtomicCheckpointIO
-from swaa.lit import SWAAFineTuner, tokenizer_for
+from swaa.lit import SWAAFineTuner
 
 
 TRAINER_DEFAULTS = {
@@ -23,10 +23,10 @@ TRAINER_DEFAULTS = {
 
 
 class SWAACLI(LightningCLI):
-    """The model path is given once (`--model.model`); the data module's tokenizer follows it."""
+    """The model path is given once (`--model.model`); the data module's tokenizer follows it (tiny specs: SmolLM2's)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model", "data.init_args.tokenizer", compute_fn=tokenizer_for)
+        parser.link_arguments("model.model", "data.init_args.tokenizer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = self._get(self.config_init, "trainer")["plugins"] or []

@@ -18,14 +18,12 @@ from transformers import PreTrainedModel
 
 from swaa.checkpoints import FINGERPRINT_KEY, load_adapter, read_checkpoint
 from swaa.models import load_model, load_tokenizer
-from swaa.tiny import build_tiny_model, is_tiny_spec
+from swaa.tiny import is_tiny_spec
 
 log = logging.getLogger(__name__)
 
 
 def _base_model(spec: str) -> PreTrainedModel:
-    if is_tiny_spec(spec):
-        return build_tiny_model(spec)
     return load_model(None if spec.startswith("embedded:") else spec, dtype="auto")
 
 

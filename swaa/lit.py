@@ -23,23 +23,14 @@ from swaa.config import SWAAConfig, resolve_swaa
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
 from swaa.models import base_model, load_model
-from swaa.tiny import build_tiny_model, is_tiny_spec
 
 Schedule = Literal["cosine", "linear", "constant"]
-
-
-def tokenizer_for(model: str | None) -> str | None:
-    """The tokenizer argument that matches a model argument: tiny random models use the default (SmolLM2) one."""
-    return None if is_tiny_spec(model) else model
 
 
 def build_model(spec: str | None, swaa: SWAAConfig, backend: str, lora: LoRASettings, device: torch.device | str,
                 dtype: torch.dtype, gradient_checkpointing: bool = False) -> PreTrainedModel:
     """Load (or build a tiny) model on `device`, switch it to SWAA, then add LoRA adapters."""
-    if is_tiny_spec(spec):
-        base = build_tiny_model(spec).to(device=device, dtype=dtype)
-    else:
-        base = load_model(spec, dtype=dtype, device=device)
+    base = load_model(spec, dtype=dtype, device=device)
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     apply_swaa(base, swaa, backend)

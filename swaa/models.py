@@ -1,4 +1,5 @@
-"""Model and tokenizer loading: a Hugging Face folder, a GGUF file, or the embedded SmolLM2-135M-Instruct."""
+"""Model and tokenizer loading: a Hugging Face folder, a GGUF file, the embedded SmolLM2-135M-Instruct, or a tiny
+random model from a `tiny:...` spec (which uses the embedded model's tokenizer)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from peft import PeftModel
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
+
+from swaa.tiny import build_tiny_model, is_tiny_spec, tiny_config
 
 log = logging.getLogger(__name__)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,13 +61,15 @@ def _from_pretrained_args(path: str | Path | None) -> tuple[str, dict]:
 
 def load_config(path: str | Path | None = None) -> PretrainedConfig:
     """The model's config (default: SmolLM2) without its weights, e.g. to check the context length first."""
+    if is_tiny_spec(path):
+        return tiny_config(str(path))
     name, kwargs = _from_pretrained_args(path)
     return AutoConfig.from_pretrained(name, **kwargs)
 
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """Tokenizer for `path` (default: SmolLM2), left-padded for batched generation, with a pad token."""
-    name, kwargs = _from_pretrained_args(path)
+    """Tokenizer for `path` (default and tiny specs: SmolLM2), left-padded for batched generation, with a pad token."""
+    name, kwargs = _from_pretrained_args(None if is_tiny_spec(path) else path)
     tok = AutoTokenizer.from_pretrained(name, **kwargs)
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -75,10 +80,12 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
 def load_model(
     path: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
-    """Causal LM from `path` (default: SmolLM2); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere."""
-    name, kwargs = _from_pretrained_args(path)
+    """Causal LM from `path` (default: SmolLM2; or a tiny spec); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere."""
     if dtype == "auto":
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if is_tiny_spec(path):
+        return build_tiny_model(str(path)).to(device=device, dtype=dtype)
+    name, kwargs = _from_pretrained_args(path)
     log.info("loading model %s %s as %s on %s", name, kwargs.get("gguf_file", ""), dtype, device)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     return model.to(device).eval()

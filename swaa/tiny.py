@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM, {}), "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16})}
 SPEC_HELP = "'tiny:<family>:<layers>:<vocab>' with family in " + str(sorted(FAMILIES)) + ", e.g. 'tiny:llama:2:49152'"
@@ -24,14 +25,21 @@ def parse_tiny_spec(spec: str) -> tuple[str, int, int]:
     return parts[1], layers, vocab
 
 
-def build_tiny_model(spec: str, seed: int = 0) -> PreTrainedModel:
-    """A CPU model (hidden 64, 4 query / 2 KV heads) in the default dtype; its weights depend on `seed` only."""
+def tiny_config(spec: str, **overrides) -> PretrainedConfig:
+    """The config of a spec: hidden 64, 4 query / 2 KV heads, context 8192; `overrides` replace fields."""
     family, layers, vocab = parse_tiny_spec(spec)
-    config_cls, model_cls, extra = FAMILIES[family]
-    config = config_cls(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                        attn_implementation="sdpa", **extra)
+    config_cls, _, extra = FAMILIES[family]
+    fields = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                  attn_implementation="sdpa", **extra)
+    return config_cls(**{**fields, **overrides})
+
+
+def build_tiny_model(spec: str, seed: int = 0, **overrides) -> PreTrainedModel:
+    """A CPU model of `tiny_config(spec, **overrides)` in the default dtype; its weights depend on `seed` only."""
+    family = parse_tiny_spec(spec)[0]
+    config = tiny_config(spec, **overrides)
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
-        model = model_cls(config)
+        model = FAMILIES[family][1](config)
     return model.eval()

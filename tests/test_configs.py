@@ -29,6 +29,6 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, capsys):
                    run=False)
     assert isinstance(cli.model, SWAAFineTuner) and cli.model.model is None  # built later, in configure_model
     model = cli.model.hparams.model
-    assert cli.datamodule.tokenizer_path == (None if str(model).startswith("tiny:") else model)  # linked
+    assert cli.datamodule.tokenizer_path == model  # linked
     assert cli.trainer.checkpoint_callback.save_last
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"

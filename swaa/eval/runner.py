@@ -25,7 +25,7 @@ from swaa.eval.results import ResultStore, make_key, path_identity, text_identit
 from swaa.eval.scorers import SCORERS, JudgeScorer, score
 from swaa.eval.tasks import TASKS, Sample, make_samples, train_answer
 from swaa.models import base_model, default_model_path, load_config, load_model, load_tokenizer
-from swaa.tiny import build_tiny_model, is_tiny_spec
+from swaa.tiny import is_tiny_spec
 
 log = logging.getLogger(__name__)
 DEFAULT_GRID = resources.files("swaa") / "grid.yaml"  # evaluate.py's default grid, bundled with the package
@@ -169,16 +169,13 @@ def _evaluate_cell(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedToke
 def _model_identity(model_path: str | Path | None) -> tuple[str, str, int]:
     """(name, identity hash, context length) of a model path or tiny spec, without loading its weights."""
     if is_tiny_spec(model_path):
-        return str(model_path), str(model_path), build_tiny_model(str(model_path)).config.max_position_embeddings
+        return str(model_path), str(model_path), load_config(model_path).max_position_embeddings
     path = Path(model_path) if model_path is not None else default_model_path()
     return str(path), path_identity(path), load_config(path).max_position_embeddings
 
 
 def _load_model(model_path: str | Path | None, adapter: str | Path | None, device: str) -> PreTrainedModel | PeftModel:
-    if is_tiny_spec(model_path):
-        model = build_tiny_model(str(model_path)).to(device)
-    else:
-        model = load_model(model_path, device=device)
+    model = load_model(model_path, device=device)
     return load_adapter(model, adapter) if adapter is not None else model
 
 
@@ -237,7 +234,7 @@ def run_grid(
     if lengths:
         _check_context({f"length {x}": x for x in lengths}, context, max_new_tokens)
     if tokenizer is None:
-        tokenizer = load_tokenizer(None if is_tiny_spec(model_path) else model_path)
+        tokenizer = load_tokenizer(model_path)
     cells = _make_cells(tasks, lengths, n, seed, file_samples, tokenizer)
     prompt_tokens = {c.label: max(len(chat_token_ids(tokenizer, s.prompt)) for s in c.samples) for c in cells}
     _check_context(prompt_tokens, context, max_new_tokens)
