@@ -78,7 +78,7 @@ class SWAARuntime:
         valid = self._valid_keys(get("attention_mask"), batch, past, q_len, tokens.device)
         k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)  # (B, past + Lq)
         q_pos = k_pos[:, past:]
-        prompt_len = self._prompt_len(get("labels"), valid, k_pos, past, q_len)
+        prompt_len = self._prompt_len(get("labels"), valid, past)
         if cache is not None and past == 0 and self.sliding_cache:
             self._install_sliding_cache(cache)
         self.fwd = _Forward(q_pos, k_pos, prompt_len, cache)
@@ -96,13 +96,10 @@ class SWAARuntime:
                              f"one column per cached ({past}) and new ({q_len}) token")
         return mask.to(device=device, dtype=torch.bool)
 
-    def _prompt_len(self, labels, valid, k_pos, past: int, q_len: int) -> torch.Tensor:
+    def _prompt_len(self, labels, valid, past: int) -> torch.Tensor:
         """P per sequence: from labels (training), a forced value, the prefill (generation), or the last prefill."""
         if labels is not None:
-            supervised = (labels != -100) & valid[:, past:]
-            first = torch.where(supervised.any(1), supervised.int().argmax(1), q_len)  # (B,)
-            pos_with_end = torch.cat([k_pos[:, past:], valid.sum(1, keepdim=True)], 1)
-            return pos_with_end.gather(1, first[:, None]).squeeze(1)
+            return valid[:, :past].sum(1) + answer_start(labels, valid[:, past:])
         if self.forced_prompt_len is not None:
             return self.forced_prompt_len.to(valid.device)
         if past == 0:
@@ -256,12 +253,21 @@ def swaa_disabled(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
         runtime.active = True
 
 
+def answer_start(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """P per sequence (B,): the real tokens before its first supervised label (label != -100); all if none."""
+    valid = attention_mask.bool()
+    supervised = (labels != -100) & valid
+    return (valid & (supervised.cumsum(1) == 0)).sum(1)
+
+
 @contextlib.contextmanager
 def prompt_lengths(model: PreTrainedModel, lengths: torch.Tensor | list[int]) -> Iterator[None]:
-    """Fix each sequence's prompt length P (real tokens) for a block: chunked prefill, speculative decoding."""
+    """Fix each sequence's prompt length P (real tokens) for a block: chunked prefill, speculative decoding, or a
+    loss computed outside the model (swaa.loss). A model without SWAA (no window) has no answer region: no effect."""
     runtime = _runtime(model)
     if runtime is None:
-        raise RuntimeError("prompt_lengths needs a model prepared by apply_swaa with a window")
+        yield
+        return
     runtime.forced_prompt_len = torch.as_tensor(lengths, dtype=torch.long)
     try:
         yield

@@ -22,6 +22,7 @@ from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprin
 from swaa.config import SWAAConfig, resolve_swaa
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
+from swaa.loss import IGNORE, answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -122,32 +123,34 @@ class SWAAFineTuner(L.LightningModule):
         """The Hugging Face model under the peft wrapper (where SWAA is applied)."""
         return base_model(self.model)
 
-    def _forward(self, batch: dict[str, torch.Tensor], labels: bool = True):
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"] if labels else None, use_cache=False)
+    def _answer_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CE loss, logits at the supervised columns, those columns): no logits for prompt-only columns."""
+        columns = supervised_columns(batch["labels"])
+        logits = answer_logits(self.model, batch, columns)
+        return answer_loss(logits, batch["labels"], columns), logits, columns
 
     # -- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self._forward(batch)
-        loss = out.loss
+        ce, logits, columns = self._answer_loss(batch)
+        loss = ce
         n = batch["input_ids"].shape[0]
-        self.log("train/ce", out.loss, batch_size=n, sync_dist=True)
+        self.log("train/ce", ce, batch_size=n, sync_dist=True)
         if self.hparams.distill_weight > 0:
-            kl = self._distill_kl(batch, out.logits)
+            kl = self._distill_kl(batch, logits, columns)
             self.log("train/kl", kl, batch_size=n, sync_dist=True)
-            loss = out.loss + self.hparams.distill_weight * kl
+            loss = ce + self.hparams.distill_weight * kl
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
 
-    def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) per answer token, teacher = base weights under full attention, temperature T."""
         with torch.no_grad(), self.model.disable_adapter(), swaa_disabled(self.base_model):
-            teacher = self._forward(batch, labels=False).logits
-        answer = batch["labels"][:, 1:] != -100  # logits at position i predict the token at i + 1
+            teacher = answer_logits(self.model, batch, columns)
+        answer = batch["labels"][:, 1:][:, columns] != IGNORE  # logits at column i predict the token at i + 1
         t = self.hparams.distill_temperature
-        student_logp = F.log_softmax(logits[:, :-1][answer].float() / t, dim=-1)  # (N answer tokens, V)
-        teacher_logp = F.log_softmax(teacher[:, :-1][answer].float() / t, dim=-1)
+        student_logp = F.log_softmax(logits[answer].float() / t, dim=-1)  # (N answer tokens, V)
+        teacher_logp = F.log_softmax(teacher[answer].float() / t, dim=-1)
         return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean") * t * t
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -162,10 +165,10 @@ class SWAAFineTuner(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         n = batch["input_ids"].shape[0]
-        loss = self._forward(batch).loss
+        loss = self._answer_loss(batch)[0]
         if self.swaa_config.enabled:
             with swaa_disabled(self.base_model):
-                loss_fa = self._forward(batch).loss
+                loss_fa = self._answer_loss(batch)[0]
         else:
             loss_fa = loss
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)

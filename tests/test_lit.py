@@ -73,12 +73,15 @@ def test_full_finetune_has_no_adapters():
 def test_distillation_teacher_is_base_model_under_full_attention():
     batch = next(iter(random_batches()))
     wide = built(swaa={"window": 64}, distill_weight=1.0)  # window >= length: SWAA equals FA
-    logits = wide._forward(batch).logits
-    assert wide._distill_kl(batch, logits).item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: student = teacher
-    narrow = built(swaa={"window": 4}, distill_weight=1.0)
-    assert narrow._distill_kl(batch, narrow._forward(batch).logits).item() > 1e-4  # SWA student differs from FA
+
+    def kl(module):
+        _, logits, columns = module._answer_loss(batch)
+        return module._distill_kl(batch, logits, columns).item()
+
+    assert kl(wide) == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: student = teacher
+    assert kl(built(swaa={"window": 4}, distill_weight=1.0)) > 1e-4  # SWA student differs from FA
     torch.nn.init.normal_(next(p for n, p in wide.model.named_parameters() if "lora_B" in n), std=0.5)
-    assert wide._distill_kl(batch, wide._forward(batch).logits).item() > 1e-4  # teacher has adapters disabled
+    assert kl(wide) > 1e-4  # teacher has adapters disabled
 
 
 def test_validation_logs_swaa_and_fa_loss(tmp_path):
@@ -140,7 +143,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.manual_seed(0)  # same LoRA init
         module = built(gradient_checkpointing=checkpointing)
         torch.nn.init.normal_(next(p for n, p in module.model.named_parameters() if "lora_B" in n), std=0.1)
-        module._forward(batch).loss.backward()
+        module._answer_loss(batch)[0].backward()
         grads.append({n: p.grad for n, p in module.model.named_parameters() if p.requires_grad})
     assert module.base_model.is_gradient_checkpointing
     for name, grad in grads[0].items():
