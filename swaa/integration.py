@@ -19,6 +19,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from swaa.attention import BACKENDS
 from swaa.attention.cudnn import cudnn_ops
+from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.inputs import LayerInputs
 from swaa.cache import SinkWindowLayer, SlotPlan
 from swaa.config import SWAAConfig
@@ -159,11 +160,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return choice
     if backend not in BACKENDS:
         raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
-    if backend in ("flash", "cudnn") and device.type != "cuda":
+    if backend in ("flash", "cudnn", "fa4") and device.type != "cuda":
         raise ValueError(f"backend {backend!r} needs a CUDA device, but the model is on {device}; "
                          "use 'flex' or 'reference'")
     if backend == "cudnn":
         cudnn_ops()  # a clear error now, not at the first forward, when nvidia-cudnn-frontend is missing
+    if backend == "fa4" and (reason := fa4_unavailable(device.index)) is not None:
+        raise ValueError(f"backend 'fa4' cannot run on {device}: {reason}; use 'flex' or 'auto'")
     return backend
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from swaa.attention import BACKENDS
+from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import dense_mask
 
@@ -15,6 +16,7 @@ CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 CUDNN = pytest.param("cudnn", marks=pytest.mark.skipif(importlib.util.find_spec("cudnn") is None,
                                                        reason="needs nvidia-cudnn-frontend"))
+FA4 = pytest.param("fa4", marks=pytest.mark.skipif(fa4_unavailable() is not None, reason="needs flash-attn-4, sm90+"))
 
 
 def attention64(q, k, v, mask, scale):
@@ -82,21 +84,21 @@ def test_backend_matches_float64_cpu(name, seed, monkeypatch):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(24))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["reference", "flex", "flash", CUDNN])
+@pytest.mark.parametrize("name", ["reference", "flex", FA4, "flash", CUDNN])
 def test_backend_matches_float64_cuda(name, dtype, seed):
     check(name, "cuda", dtype, seed)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("name", ["flex", "flash", CUDNN])
+@pytest.mark.parametrize("name", ["flex", FA4, "flash", CUDNN])
 def test_long_sequences_cuda(name, seed):
     check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("name", ["flex", "flash", CUDNN])
+@pytest.mark.parametrize("name", ["flex", FA4, "flash", CUDNN])
 def test_half_precision_gradients_cuda(name, seed):
     """bf16 gradients of q, k, v within 2% (relative norm) of float64 autograd, on random paddings and configs."""
     rng = random.Random(200 + seed)
@@ -138,7 +140,7 @@ def test_gradients_match_float64(name):
             assert torch.allclose(g_got, g_want, atol=1e-4), (seed, (g_got - g_want).abs().max())
 
 
-@pytest.mark.parametrize("name", ["flash", "cudnn"])
+@pytest.mark.parametrize("name", ["flash", "cudnn", "fa4"])
 def test_cuda_backends_refuse_cpu(name):
     rng = random.Random(0)
     (q, k, v), x = random_case(rng, "cpu", torch.float32)

@@ -1,0 +1,40 @@
+"""FlexAttention on its FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL kernels from
+`flash-attn-4`): the block mask and mask_mod of 'flex', band and sink tiles in one pass, forward and backward.
+
+Needs CUDA compute capability >= 9.0 (Hopper, Blackwell) and `pip install flash-attn-4`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from swaa.attention.flex import flex_attention_fn, tuning
+
+KERNEL_OPTIONS = {"BACKEND": "FLASH"}
+
+
+@functools.cache
+def fa4_unavailable(device_index: int | None = None) -> str | None:
+    """Why the FA4 backend cannot run on this CUDA device, or None when it can."""
+    if not torch.cuda.is_available():
+        return "it needs a CUDA GPU"
+    if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+        return "it needs the flash-attn-4 package (pip install flash-attn-4)"
+    major, _ = torch.cuda.get_device_capability(device_index)
+    if major < 9:
+        return f"it needs compute capability >= 9.0, this GPU has {major}.x"
+    return None
+
+
+def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """Attention with transformers' signature: 'flex' with FlashAttention-4 kernels."""
+    if query.device.type != "cuda":
+        raise RuntimeError(f"backend 'fa4' needs a CUDA device, got {query.device}")
+    reason = fa4_unavailable(query.device.index)
+    if reason is not None:
+        raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
+    with tuning(KERNEL_OPTIONS):
+        return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
