@@ -26,7 +26,8 @@ def test_build_adds_lora_and_checkpointing(model):
     assert isinstance(model, PeftModel) and model.training and model.get_base_model().is_gradient_checkpointing
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert {n.split(".lora_")[0].split(".")[-1] for n in trainable} == {"q_proj", "k_proj", "v_proj"}  # LoRASettings' defaults
+    targets = {n.split(".lora_")[0].split(".")[-1] for n in trainable}
+    assert targets == {"q_proj", "k_proj", "v_proj"}  # LoRASettings' defaults
 
 
 def test_step_time_trains_and_profiles(model):

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import logging
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
