@@ -20,21 +20,25 @@ def test_visible_pairs_counts_window_and_sink_keys():
 
 
 def test_proportional_ratio_against_every_causal_kernel():
-    rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 10.0, "fwd_ms_min": 9.5},
-            {"kernel": "flash_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 20.0, "fwd_ms_min": 20.0},
+    times = lambda fwd, fwd_bwd: {"fwd_ms": fwd, "fwd_ms_min": fwd - 0.5, "fwd_bwd_ms": fwd_bwd,  # noqa: E731
+                                  "fwd_bwd_ms_min": fwd_bwd}
+    rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", **times(10.0, 40.0)},
+            {"kernel": "flash_causal", "window": None, "sink": 0, "status": "ok", **times(20.0, 50.0)},
             {"kernel": "cudnn_causal", "window": None, "sink": 0, "status": "UNSUPPORTED"},
-            {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", "fwd_ms": 3.0, "fwd_ms_min": 2.5,
-             "visible_pairs": 25, "rel_error": 1e-3},
+            {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", **times(3.0, 20.0), "visible_pairs": 25,
+             "rel_error": 1e-3},
             {"kernel": "flash", "window": 4, "sink": 0, "status": "FAILED", "rel_error": 1.0}]
     add_proportional(rows, causal_pairs=100)
     assert rows[3]["fwd_vs_proportional"] == pytest.approx({"fa_causal": 1.2, "flash_causal": 0.6})
+    assert rows[3]["fwd_bwd_vs_proportional"] == pytest.approx({"fa_causal": 2.0, "flash_causal": 1.6})
     assert "fwd_vs_proportional" not in rows[4]
     for r in rows:
         r.setdefault("rel_error", None)
     table = markdown(rows, {"gpu": "x"})
-    assert "fwd / proportional fa_causal | fwd / proportional flash_causal |" in table
+    assert "| fwd / proportional fa_causal | fwd / proportional flash_causal | fwd+bwd / proportional fa_causal |" \
+        in table
     assert "fwd ms min / median" in table and "| fa_causal | full | 0 | n/a | 9.50 / 10.00 |" in table
-    assert "| flex | 4 | 0 | 1.0e-03 | 2.50 / 3.00 |" in table and "| 1.20 | 0.60 |" in table
+    assert "| flex | 4 | 0 | 1.0e-03 | 2.50 / 3.00 |" in table and "| 1.20 | 0.60 | 2.00 | 1.60 |" in table
 
 
 def test_flex_tunings_must_be_a_json_list_of_objects():

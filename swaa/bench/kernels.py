@@ -158,28 +158,32 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
 
 
 def add_proportional(rows: list[dict], causal_pairs: int) -> None:
-    """Each SWA row's forward time over (its visible pairs / causal pairs) x each timed causal kernel's forward time:
-    1.0 means no efficiency lost to sparsity against that kernel."""
-    causal = {r["kernel"]: r["fwd_ms"] for r in rows if r["window"] is None and r["status"] == "ok"}
+    """Each SWA row's forward (and forward+backward) time over (its visible pairs / causal pairs) x each timed causal
+    kernel's: 1.0 means no efficiency lost to sparsity against that kernel."""
+    causal = [r for r in rows if r["window"] is None and r["status"] == "ok"]
     for r in rows:
         if r["window"] is not None and r["status"] == "ok":
             share = r["visible_pairs"] / causal_pairs
-            r["fwd_vs_proportional"] = {name: r["fwd_ms"] / (share * ms) for name, ms in causal.items()}
+            for key in ("fwd", "fwd_bwd"):
+                r[f"{key}_vs_proportional"] = {c["kernel"]: r[f"{key}_ms"] / (share * c[f"{key}_ms"]) for c in causal}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     """The kernel table (times: min / median of the repeats), then one line of metadata."""
     causal = [r["kernel"] for r in rows if r["window"] is None and r["status"] == "ok"]
+    ratios = [(key, c) for key in ("fwd", "fwd_bwd") for c in causal]
     head = ("| kernel | W | S | rel. error vs fp64 (max of out, dq, dk, dv) | fwd ms min / median | fwd TFLOP/s | "
             "fwd+bwd ms min / median | fwd+bwd TFLOP/s | "
-            + " | ".join(f"fwd / proportional {c}" for c in causal) + " |\n" + "|---" * (8 + len(causal)) + "|")
+            + " | ".join(f"{key.replace('_', '+')} / proportional {c}" for key, c in ratios) + " |\n"
+            + "|---" * (8 + len(ratios)) + "|")
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     times = lambda r, k: "n/a" if k not in r else f"{r[k + '_min']:.2f} / {r[k]:.2f}"  # noqa: E731
     lines = [head] + [
         f"| {r['kernel']} | {r['window'] or 'full'} | {r['sink']} | {fmt(r['rel_error'], '.1e')} | "
         f"{times(r, 'fwd_ms')} | {fmt(r.get('fwd_tflops'), '.0f')} | {times(r, 'fwd_bwd_ms')} | "
         f"{fmt(r.get('fwd_bwd_tflops'), '.0f')} | "
-        + " | ".join(fmt(r.get("fwd_vs_proportional", {}).get(c), ".2f") for c in causal) + " |" for r in rows]
+        + " | ".join(fmt(r.get(f"{key}_vs_proportional", {}).get(c), ".2f") for key, c in ratios) + " |"
+        for r in rows]
     return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in meta.items())
 
 
