@@ -1,4 +1,4 @@
-"""swaa.bench_kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list."""
+"""swaa.bench.kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list."""
 
 import argparse
 import contextlib
@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend
 
-import swaa.bench_kernels as bench_kernels
-from swaa.bench_kernels import _causal_cases, _tunings, add_proportional, markdown, visible_pairs
+import swaa.bench.kernels as bench_kernels
+from swaa.attention import BACKENDS
+from swaa.bench.kernels import _causal_cases, _tunings, add_proportional, check_error, markdown, visible_pairs
+from test_bench_model import window_ignored
 
 
 def test_visible_pairs_counts_window_and_sink_keys():
@@ -18,20 +20,25 @@ def test_visible_pairs_counts_window_and_sink_keys():
 
 
 def test_proportional_ratio_against_every_causal_kernel():
-    rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 10.0},
-            {"kernel": "flash_causal", "window": None, "sink": 0, "status": "ok", "fwd_ms": 20.0},
+    times = lambda fwd, fwd_bwd: {"fwd_ms": fwd, "fwd_ms_min": fwd - 0.5, "fwd_bwd_ms": fwd_bwd,  # noqa: E731
+                                  "fwd_bwd_ms_min": fwd_bwd}
+    rows = [{"kernel": "fa_causal", "window": None, "sink": 0, "status": "ok", **times(10.0, 40.0)},
+            {"kernel": "flash_causal", "window": None, "sink": 0, "status": "ok", **times(20.0, 50.0)},
             {"kernel": "cudnn_causal", "window": None, "sink": 0, "status": "UNSUPPORTED"},
-            {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", "fwd_ms": 3.0, "visible_pairs": 25,
+            {"kernel": "flex", "window": 4, "sink": 0, "status": "ok", **times(3.0, 20.0), "visible_pairs": 25,
              "rel_error": 1e-3},
             {"kernel": "flash", "window": 4, "sink": 0, "status": "FAILED", "rel_error": 1.0}]
     add_proportional(rows, causal_pairs=100)
     assert rows[3]["fwd_vs_proportional"] == pytest.approx({"fa_causal": 1.2, "flash_causal": 0.6})
+    assert rows[3]["fwd_bwd_vs_proportional"] == pytest.approx({"fa_causal": 2.0, "flash_causal": 1.6})
     assert "fwd_vs_proportional" not in rows[4]
     for r in rows:
         r.setdefault("rel_error", None)
     table = markdown(rows, {"gpu": "x"})
-    assert "fwd / proportional fa_causal | fwd / proportional flash_causal |" in table
-    assert "| flex | 4 | 0 | 1.0e-03 | 3.00 |" in table and "| 1.20 | 0.60 |" in table
+    assert "| fwd / proportional fa_causal | fwd / proportional flash_causal | fwd+bwd / proportional fa_causal |" \
+        in table
+    assert "fwd ms min / median" in table and "| fa_causal | full | 0 | n/a | 9.50 / 10.00 |" in table
+    assert "| flex | 4 | 0 | 1.0e-03 | 2.50 / 3.00 |" in table and "| 1.20 | 0.60 | 2.00 | 1.60 |" in table
 
 
 def test_flex_tunings_must_be_a_json_list_of_objects():
@@ -53,3 +60,11 @@ def test_each_forced_causal_case_runs_under_its_own_kernel(monkeypatch):
         fwd_bwd()
     assert [c[0] for c in cases] == list(bench_kernels.CAUSAL_KERNELS)
     assert entered == [SDPBackend.FLASH_ATTENTION] * 2 + [SDPBackend.CUDNN_ATTENTION] * 2
+
+
+def test_check_error_passes_a_correct_backend_and_catches_a_forgotten_window(monkeypatch):
+    """The gate before timing: output and gradients against float64 attention (CPU, float32, short sequence)."""
+    args = dict(window=32, sink=4, hq=4, hkv=2, d=16, dtype=torch.float32, device=torch.device("cpu"), n=256)
+    assert check_error("chunked", **args) < 1e-5
+    monkeypatch.setitem(BACKENDS, "chunked", window_ignored)
+    assert check_error("chunked", **args) > bench_kernels.TOLERANCE

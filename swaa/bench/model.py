@@ -1,72 +1,41 @@
-"""Model-level inference benchmark: prefill time, decode time per token, peak memory, KV-cache size per configuration.
+"""Model: prefill time, decode time per token, peak memory and KV-cache size per SWAA configuration (random weights).
 
-Random-weight models of a named shape; every configuration is checked against the float32 reference backend first.
-Decode is timed twice: on the DynamicCache as generate runs it, and on swaa.static_decode's fixed buffers (one CUDA
-graph replay per token on GPU).
-Run on a GPU: python -m swaa.bench --lengths 16384,32768 --out BENCHMARKS.json --markdown BENCHMARKS_model.md
-"""
+Each config is checked against the float32 reference backend first (a failure is not timed), then gets one untimed
+warm-up per length before its timed repeats; decode is timed on the DynamicCache and on StaticDecoder's CUDA graphs."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
-import datetime
+import functools
 import gc
 import json
 import logging
-import platform
-import statistics
-import sys
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
-import transformers
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import DynamicCache, PreTrainedModel
 
-from swaa import SWAAConfig, apply_swaa, load_presets, remove_swaa
 from swaa.attention import BACKENDS
+from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_list,
+                               min_median, model_config, random_model, relative_error, run_metadata, shape_fields,
+                               timed_ms, write_results)
+from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.files import write_atomic
-from swaa.integration import resolve_backend
+from swaa.integration import apply_swaa, remove_swaa, resolve_backend
 from swaa.models import forward_with_cache
-from swaa.profiling import CATEGORIES, IDLE, time_breakdown, timed_ms
 from swaa.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIN_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-4}  # relative logits error always passes
 CHECK_ROWS = 256  # prefill rows compared in the correctness check (the last ones, beyond window + sink)
 CHECK_DECODE = 8  # decode steps compared after that prefill
-PROFILE_DECODE = 8  # decode steps profiled (--profile)
 DEFAULT_CONFIGS = ("fa", "hf_sliding_flex", "swa_all", "swa_all_fad", "swa_half", "swa_half_fad", "swa_quarter",
                    "swa_quarter_fad")
 BASELINE = "fa"
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A model architecture with random weights: config class, model class, config fields."""
-
-    config_cls: type
-    model_cls: type
-    fields: dict[str, Any]
-    hf_sliding: bool  # the transformers model class honours layer_types="sliding_attention"
-
-
-SHAPES = {
-    "qwen3-4b": Shape(Qwen3Config, Qwen3ForCausalLM, dict(
-        num_hidden_layers=36, hidden_size=2560, intermediate_size=9728, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=128, vocab_size=151936, rope_theta=1e6, tie_word_embeddings=True), hf_sliding=True),
-    "smollm2": Shape(LlamaConfig, LlamaForCausalLM, dict(
-        num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-        head_dim=64, vocab_size=49152, rope_theta=1e5, rms_norm_eps=1e-5, tie_word_embeddings=True), hf_sliding=False),
-    "tiny": Shape(Qwen3Config, Qwen3ForCausalLM, dict(
-        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, vocab_size=256), hf_sliding=True),
-}
+Measure = Callable[[PreTrainedModel, int, bool], dict[str, Any]]  # (model, length, static decode?) -> row fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +109,9 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_configs(spec: str, window: int, sink: int, presets_path: str | Path) -> list[BenchConfig]:
-    """`name,name=json,...`: built-in names, preset names (from `presets_path`), or JSON of SWAAConfig fields plus
-    optional `hf_window` / `attn_implementation`."""
+def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = None) -> list[BenchConfig]:
+    """`name,name=json,...`: built-in names, preset names (default: the bundled presets), or JSON of SWAAConfig fields
+    plus optional `hf_window` / `attn_implementation`."""
     builtins, presets, configs = builtin_configs(window, sink), None, []
     for item in _split_top_level(spec):
         name, sep, body = item.partition("=")
@@ -155,14 +124,15 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | Path) -
             if not isinstance(fields, dict):
                 raise ValueError(f"--configs entry {item!r}: expected a JSON object of SWAA fields")
             extra = {k: fields.pop(k) for k in ("hf_window", "attn_implementation") if k in fields}
-            configs.append(BenchConfig(name, SWAAConfig.from_dict(fields), **extra))
+            configs.append(BenchConfig(name, resolve_swaa(fields, where=f"--configs {name}"), **extra))
         elif name in builtins:
             configs.append(builtins[name])
         else:
             presets = load_presets(presets_path) if presets is None else presets
             if name not in presets:
-                raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets in "
-                                 f"{presets_path}: {sorted(presets)}, or give name=JSON")
+                raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets"
+                                 f"{' in ' + presets_path if presets_path else ''}: {sorted(presets)}, or give "
+                                 "name=JSON")
             configs.append(BenchConfig(name, presets[name]))
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -170,39 +140,28 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | Path) -
     return configs
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
-                seed: int = 0) -> PreTrainedModel:
-    """Random weights (the same for every config), created directly on `device` in `dtype`."""
-    spec = SHAPES[shape]
-    fields = dict(spec.fields, max_position_embeddings=max_positions, attn_implementation=cfg.attn_implementation)
+def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device,
+                max_positions: int) -> PreTrainedModel:
+    """The shape's random model (the same weights for every config), with transformers' sliding layers if `cfg`
+    asks for them."""
+    fields: dict[str, Any] = dict(max_position_embeddings=max_positions, attn_implementation=cfg.attn_implementation)
     if cfg.hf_window is not None:
-        fields.update(layer_types=["sliding_attention"] * fields["num_hidden_layers"], sliding_window=cfg.hf_window,
-                      use_sliding_window=True)
-    config = spec.config_cls(**fields)
+        layers = model_config(shape).num_hidden_layers
+        fields.update(layer_types=["sliding_attention"] * layers, sliding_window=cfg.hf_window, use_sliding_window=True)
+    model = random_model(shape, dtype, device, **fields)
+    config = model.config
     if cfg.hf_window is not None and (config.sliding_window != cfg.hf_window
                                       or set(config.layer_types) != {"sliding_attention"}):
-        raise RuntimeError(f"{spec.config_cls.__name__} dropped the sliding window (sliding_window="
+        raise RuntimeError(f"{type(config).__name__} dropped the sliding window (sliding_window="
                            f"{config.sliding_window}, layer_types={set(config.layer_types)})")
-    torch.manual_seed(seed)
-    with torch.device(device), _default_dtype(dtype):
-        model = spec.model_cls(config)
-    return model.eval()
+    return model
 
 
 def unsupported_reason(cfg: BenchConfig, shape: str, device: torch.device) -> str | None:
     """Why this config cannot run here (not a failure: nothing to check or time), or None."""
-    if cfg.hf_window is not None and not SHAPES[shape].hf_sliding:
-        return f"{SHAPES[shape].model_cls.__name__} has no sliding-window layers in transformers"
+    model_type = model_config(shape).model_type
+    if cfg.hf_window is not None and model_type not in HF_SLIDING_TYPES:
+        return f"transformers' {model_type} models have no sliding-window layers"
     if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
         return "transformers' flex_attention is compiled with inductor, which fails on CPU (use hf_sliding_sdpa)"
     return None
@@ -252,10 +211,6 @@ def check_static_logits(model: PreTrainedModel, ids: torch.Tensor, prompt: int) 
         return torch.cat([decoder.step(ids[:, t:t + 1]).float() for t in range(prompt, ids.shape[1])], 1)
 
 
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).norm() / want.norm()).item()
-
-
 def check_config(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> dict[str, Any]:
     """Apply `cfg` to the plain `model` and compare its logits with the reference backend in float32.
 
@@ -276,14 +231,13 @@ def check_config(model: PreTrainedModel, cfg: BenchConfig, backend: str) -> dict
     out = {"check_tokens": prompt + CHECK_DECODE, "rel_error": error, "baseline_rel_error": baseline_error,
            "tolerance": tolerance, "passed": error <= tolerance}
     if cfg.static_decode:
-        out.update(check_static(model, ids, prompt, want[:, CHECK_ROWS:], baseline_error))
+        out.update(check_static(model, ids, prompt, want[:, CHECK_ROWS:], tolerance))
     return out
 
 
 def check_static(model: PreTrainedModel, ids: torch.Tensor, prompt: int, want: torch.Tensor,
-                 baseline_error: float) -> dict[str, Any]:
+                 tolerance: float) -> dict[str, Any]:
     """The StaticDecoder's decode logits against the reference's `want`; a failure or crash only skips its timing."""
-    tolerance = max(2 * baseline_error, MIN_TOLERANCE[model.dtype])
     try:
         error = relative_error(check_static_logits(model, ids, prompt), want)
     except Exception as e:
@@ -316,17 +270,18 @@ def measure_once(model: PreTrainedModel, ids: torch.Tensor, decode_tokens: int, 
     return out
 
 
-def measure(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
-            static: bool = False, stock_tokens: int | None = None) -> dict[str, Any]:
-    """Medians over `repeats` runs at one prompt length (every run listed too)."""
-    ids = random_ids(model.config.vocab_size, length, device, seed=length)
+def measure(model: PreTrainedModel, length: int, static: bool, decode_tokens: int, repeats: int,
+            stock_tokens: int | None = None) -> dict[str, Any]:
+    """One untimed run at this length (compilation, graph capture, allocator growth), then `repeats` timed runs:
+    min, median and every run of each time."""
+    ids = random_ids(model.config.vocab_size, length, model.device, seed=length)
+    measure_once(model, ids, decode_tokens, static, stock_tokens)  # warm-up, not reported
     runs = [measure_once(model, ids, decode_tokens, static, stock_tokens) for _ in range(repeats)]
     peaks = [r["peak_bytes"] for r in runs]
     out = {"peak_mem_gib": None if None in peaks else max(peaks) / 2**30, "kv_cache_mib": runs[-1]["kv_bytes"] / 2**20}
     for name in ("prefill_ms", "decode_ms_per_token") + (("static_decode_ms_per_token", "static_setup_ms") if static
                                                           else ()):
-        out[name] = statistics.median(r[name] for r in runs)
-        out[name + "_runs"] = [r[name] for r in runs]
+        out.update(min_median(name, [r[name] for r in runs]))
     return out
 
 
@@ -336,51 +291,25 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_cell(model: PreTrainedModel, length: int, decode_tokens: int, repeats: int, device: torch.device,
-                 static: bool = False, stock_tokens: int | None = None) -> dict[str, Any]:
-    """measure(), or status OOM when the device runs out of memory at this length."""
+def measure_cell(measure_fn: Measure, model: PreTrainedModel, length: int, static: bool) -> dict[str, Any]:
+    """measure_fn's fields with status ok, or status OOM when the device runs out of memory at this length."""
     try:
-        return {"status": "ok", **measure(model, length, decode_tokens, repeats, device, static, stock_tokens)}
+        return {"status": "ok", **measure_fn(model, length, static)}
     except torch.OutOfMemoryError:
         log.warning("out of memory at length %d", length)
-    free_memory(device)
+    free_memory(model.device)
     return {"status": "OOM"}
 
 
-def profile_cell(model: PreTrainedModel, length: int, decode_tokens: int, device: torch.device,
-                 static: bool = False) -> dict[str, Any]:
-    """Where one prefill's and one decode step's time goes (ms per category; decode averaged over its steps), and
-    one StaticDecoder step's if `static` (after its first step, which captures the graph)."""
-    ids = random_ids(model.config.vocab_size, length, device, seed=length)
-    cache = DynamicCache(config=model.config)
-    prefill, logits = time_breakdown(lambda: forward(model, ids, cache, keep=1), device)
-    decode_total, logits = time_breakdown(lambda: decode(model, logits, cache, decode_tokens), device)
-    out = {"prefill": prefill, "decode": {k: v / decode_tokens for k, v in decode_total.items()}}
-    if static:
-        with StaticDecoder(model, cache, decode_tokens + 1) as decoder:
-            logits = decoder.greedy(logits, 1)
-            total, _ = time_breakdown(lambda: decoder.greedy(logits, decode_tokens), device)
-        out["static decode"] = {k: v / decode_tokens for k, v in total.items()}
-    return out
-
-
-def warm_up(model: PreTrainedModel, length: int, device: torch.device) -> None:
-    """One prefill and a few decode steps, so compilation and allocator growth stay out of the numbers."""
-    measure_once(model, random_ids(model.config.vocab_size, length, device, seed=0), decode_tokens=4, static=False)
-
-
-def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens: int, repeats: int,
-                 dtype: torch.dtype, device: torch.device, backend: str, profile: bool = False,
-                 stock_tokens: int | None = None) -> list[dict[str, Any]]:
-    """Check one config, then time it at every length (and profile it, untimed, if asked); one row per length."""
+def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], measure_fn: Measure, dtype: torch.dtype,
+                 device: torch.device, backend: str, max_positions: int) -> list[dict[str, Any]]:
+    """Check one config, then measure it at every length; one row per length."""
     base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
     reason = unsupported_reason(cfg, shape, device)
     if reason:
         log.warning("%s: unsupported here (%s)", cfg.name, reason)
         return [{**base, "length": n, "status": "UNSUPPORTED", "note": reason} for n in lengths]
-    max_positions = max(*lengths, cfg.check_length()) + max((stock_tokens or decode_tokens) + decode_tokens + 1,
-                                                           CHECK_DECODE)
-    model = build_model(shape, cfg, dtype, device, max_positions)
+    model = build_model(shape, cfg, dtype, device, max(max_positions, cfg.check_length() + CHECK_DECODE))
     with torch.no_grad():
         try:
             check = check_config(model, cfg, backend)
@@ -397,21 +326,35 @@ def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], decode_tokens
             static = check.get("static_passed", False)
             if cfg.static_decode and not static:
                 log.error("%s: the StaticDecoder FAILED its check, its decode is not timed (%s)", cfg.name, check)
-            warm_up(model, max(1, min(lengths) // 2), device)
             rows = []
             for n in lengths:
-                rows.append({**base, "length": n,
-                             **measure_cell(model, n, decode_tokens, repeats, device, static, stock_tokens)})
-                if profile and rows[-1]["status"] == "ok":
-                    rows[-1]["profile"] = profile_cell(model, n, min(decode_tokens, PROFILE_DECODE), device, static)
+                rows.append({**base, "length": n, **measure_cell(measure_fn, model, n, static)})
                 log.info("%s", rows[-1])
     del model
     free_memory(device)
     return rows
 
 
+def run_configs(configs: list[BenchConfig], shape: str, lengths: list[int], measure_fn: Measure, new_tokens: int,
+                dtype: torch.dtype, device: str | torch.device, backend: str,
+                on_config: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """bench_config for every config in order; `new_tokens` positions past the longest prompt are decoded.
+    `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
+    model_config(shape)  # an unknown shape fails before any work
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths={lengths}: expected a non-empty list of lengths >= 1")
+    device = torch.device(device)
+    backend = resolve_backend(backend, device)
+    rows: list[dict[str, Any]] = []
+    for cfg in configs:
+        rows += bench_config(cfg, shape, lengths, measure_fn, dtype, device, backend, max(lengths) + new_tokens)
+        if on_config is not None:
+            on_config(rows)
+    return rows
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Prefill and decode speedup of every timed row against the `fa` row of the same length (None without one)."""
+    """Prefill and decode speedup (of the medians) of every timed row against the `fa` row of the same length."""
     fa = {r["length"]: r for r in rows if r["config"] == BASELINE and r["status"] == "ok"}
     for r in rows:
         ref = fa.get(r["length"]) if r["status"] == "ok" else None
@@ -424,133 +367,109 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
-        dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
-        backend: str = "auto", on_config: Callable[[list[dict[str, Any]]], None] | None = None,
-        profile: bool = False, stock_tokens: int | None = None) -> list[dict[str, Any]]:
-    """Benchmark every config in order at every length; rows with ratios against `fa` (and time breakdowns).
+        dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda", backend: str = "auto",
+        on_config: Callable[[list[dict[str, Any]]], None] | None = None,
+        stock_tokens: int | None = None) -> list[dict[str, Any]]:
+    """Benchmark every config at every length; rows with ratios against `fa`.
 
     `stock_tokens` (default `decode_tokens`) sets the DynamicCache decode's steps, `decode_tokens` the static
-    decode's. `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
-    if not lengths or min(lengths) < 1 or decode_tokens < 1 or repeats < 1 or (stock_tokens is not None
-                                                                                and stock_tokens < 1):
-        raise ValueError(f"need lengths >= 1 (got {lengths}), decode_tokens >= 1 (got {decode_tokens}), "
-                         f"stock_tokens >= 1 (got {stock_tokens}) and repeats >= 1 (got {repeats})")
-    device = torch.device(device)
-    backend = resolve_backend(backend, device)
-    rows = []
-    for cfg in configs:
-        rows += bench_config(cfg, shape, lengths, decode_tokens, repeats, dtype, device, backend, profile,
-                             stock_tokens)
+    decode's."""
+    if decode_tokens < 1 or repeats < 1 or (stock_tokens is not None and stock_tokens < 1):
+        raise ValueError(f"need decode_tokens >= 1 (got {decode_tokens}), stock_tokens >= 1 (got {stock_tokens}) "
+                         f"and repeats >= 1 (got {repeats})")
+    measure_fn = functools.partial(measure, decode_tokens=decode_tokens, repeats=repeats, stock_tokens=stock_tokens)
+
+    def with_ratios(rows: list[dict[str, Any]]) -> None:
         add_ratios(rows)
         if on_config is not None:
             on_config(rows)
-    return rows
+
+    return run_configs(configs, shape, lengths, measure_fn, (stock_tokens or decode_tokens) + decode_tokens + 1,
+                       dtype, device, backend, on_config=with_ratios)
+
+
+def _min_median(row: dict[str, Any], name: str, spec: str) -> str:
+    value = row.get(name)
+    return "n/a" if value is None else f"{row[name + '_min']:{spec}} / {value:{spec}}"
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The results table, then one line of metadata."""
+    """The results table (times: min / median of the repeats), then one line of metadata and the command."""
     def fmt(value, spec: str, suffix: str = "") -> str:
         return "n/a" if value is None else format(value, spec) + suffix
 
-    lines = ["| config | tag | length | prefill ms | prefill speedup vs FA | decode ms/token | decode speedup | "
-             "static decode ms/token | vs FA static | vs FA decode | peak mem GiB | KV cache MiB | check rel. error |",
+    lines = ["| config | tag | length | prefill ms min / median | prefill vs FA | decode ms/token min / median | "
+             "decode vs FA | static decode ms/token min / median | static vs FA static | static vs FA decode | "
+             "peak mem GiB | KV cache MiB | check rel. error |",
              "|" + "---|" * 13]
     for r in rows:
         check = fmt(r.get("rel_error"), ".1e")
         if r["status"] != "ok":
             cells = [r["status"]] + ["-"] * 8
         else:
-            cells = [fmt(r["prefill_ms"], ".1f"), fmt(r["prefill_speedup"], ".2f", "x"),
-                     fmt(r["decode_ms_per_token"], ".2f"), fmt(r["decode_speedup"], ".2f", "x"),
-                     fmt(r.get("static_decode_ms_per_token"), ".2f"), fmt(r.get("static_decode_speedup"), ".2f", "x"),
-                     fmt(r.get("static_vs_fa_decode"), ".2f", "x"),
+            cells = [_min_median(r, "prefill_ms", ".1f"), fmt(r["prefill_speedup"], ".2f", "x"),
+                     _min_median(r, "decode_ms_per_token", ".2f"), fmt(r["decode_speedup"], ".2f", "x"),
+                     _min_median(r, "static_decode_ms_per_token", ".2f"),
+                     fmt(r.get("static_decode_speedup"), ".2f", "x"), fmt(r.get("static_vs_fa_decode"), ".2f", "x"),
                      fmt(r["peak_mem_gib"], ".2f"), fmt(r["kv_cache_mib"], ".1f")]
         lines.append(f"| {r['config']} | {r['tag']} | {r['length']} | " + " | ".join(cells) + f" | {check} |")
+    return "\n".join(lines) + "\n\n" + markdown_meta_line(meta)
+
+
+def markdown_meta_line(meta: dict[str, Any]) -> str:
+    """Markdown lines under a table: the run's settings and versions, then its command."""
     info = {k: v for k, v in meta.items() if k not in ("configs", "command", "model")}
-    return "\n".join(lines + breakdown_table(rows)) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + \
-        f"\n\ncommand: `{' '.join(meta['command'])}`\n"
+    return ", ".join(f"{k}: {v}" for k, v in info.items()) + f"\n\ncommand: `{' '.join(meta['command'])}`\n"
 
 
-def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines of the profiled rows: ms per category for a prefill and for one decode step."""
-    cats = [cat for cat, _ in CATEGORIES] + ["other", IDLE]
-    lines = ["", "Where the time goes (ms, one profiled run; decode per step):", "",
-             "| config | length | phase | wall | " + " | ".join(cats) + " |", "|" + "---|" * (4 + len(cats))]
-    for r in rows:
-        for phase, prof in r.get("profile", {}).items():
-            lines.append(f"| {r['config']} | {r['length']} | {phase} | {prof['wall_ms']:.1f} | "
-                         + " | ".join(f"{prof[c]:.1f}" for c in cats) + " |")
-    return lines if len(lines) > 5 else []
-
-
-def metadata(args: argparse.Namespace, configs: list[BenchConfig], device: torch.device) -> dict[str, Any]:
-    return {"device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "dtype": args.dtype, "shape": args.shape,
-            "model": {"class": SHAPES[args.shape].model_cls.__name__, **SHAPES[args.shape].fields},
-            "backend": args.backend, "resolved_backend": resolve_backend(args.backend, device),
-            "window": args.window, "sink": args.sink,
-            "decode_tokens": args.decode_tokens, "stock_decode_tokens": args.stock_decode_tokens or args.decode_tokens,
-            "repeats": args.repeats,
-            "timer": "CUDA events" if device.type == "cuda" else "perf_counter",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "configs": [c.to_dict() for c in configs], "command": args.command}
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=_int_list, default=[16384, 32768, 65536, 131072])
-    parser.add_argument("--decode-tokens", type=int, default=128, help="greedy steps of the static decode")
-    parser.add_argument("--stock-decode-tokens", type=int, default=None,
-                        help="greedy steps of the DynamicCache decode (stock transformers, host-bound); "
-                             "default: --decode-tokens")
+def add_model_arguments(parser: argparse.ArgumentParser, decode_tokens: int) -> None:
+    """Options shared by the model and profile jobs."""
+    parser.add_argument("--shape", default="qwen3-4b", help=SHAPE_HELP)
+    parser.add_argument("--lengths", type=int_list, default=[16384, 32768, 65536, 131072],
+                        help="comma-separated prompt lengths")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
                              "(plus hf_window, attn_implementation)")
-    parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled swaa/presets.yaml)")
+    parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled presets)")
     parser.add_argument("--window", type=int, default=2048, help="W of the built-in configs")
     parser.add_argument("--sink", type=int, default=64, help="S of the built-in SWAA configs")
-    parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
-    parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-4b")
+    parser.add_argument("--decode-tokens", type=int, default=decode_tokens, help="greedy steps of the static decode")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile one prefill and decode per cell (untimed): ms per kernel category")
-    args = parser.parse_args(argv)
-    args.command = list(sys.argv) if argv is None else [sys.argv[0], *argv]
-    args.dtype = args.dtype or ("bf16" if torch.device(args.device).type == "cuda" else "fp32")
-    return args
+    parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def model_metadata(args: argparse.Namespace, configs: list[BenchConfig], device: torch.device,
+                   **settings: Any) -> dict[str, Any]:
+    """run_metadata with the model job's (and profile job's) settings."""
+    return run_metadata(device, args.command, dtype=dtype_name(args.dtype, device), shape=args.shape,
+                        model=shape_fields(args.shape), backend=args.backend,
+                        resolved_backend=resolve_backend(args.backend, device), window=args.window, sink=args.sink,
+                        decode_tokens=args.decode_tokens, **settings, configs=[c.to_dict() for c in configs])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, decode_tokens=128)
+    parser.add_argument("--stock-decode-tokens", type=int, default=None,
+                        help="greedy steps of the DynamicCache decode (stock transformers, host-bound); "
+                             "default: --decode-tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per config and length, after one warm-up")
+
+
+def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
-    meta = metadata(args, configs, device)
+    meta = model_metadata(args, configs, device, stock_decode_tokens=args.stock_decode_tokens or args.decode_tokens,
+                          repeats=args.repeats, warmups="1 per config and length")
 
     def save(rows: list[dict[str, Any]]) -> None:
-        if args.out:
-            write_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        write_results(args.out, meta, rows)
         if args.markdown:
             write_atomic(args.markdown, markdown(rows, meta))
 
-    rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats, DTYPES[args.dtype], device,
-               args.backend, on_config=save, profile=args.profile, stock_tokens=args.stock_decode_tokens)
+    rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats,
+               DTYPES[dtype_name(args.dtype, device)], device, args.backend, on_config=save,
+               stock_tokens=args.stock_decode_tokens)
     print(markdown(rows, meta))
-
-
-if __name__ == "__main__":
-    main()

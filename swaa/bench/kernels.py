@@ -1,9 +1,7 @@
-"""Kernel benchmark: FA causal vs SWAA flex, flash and cudnn (if installed) at one length, forward and
-forward+backward, useful TFLOP/s.
+"""Kernels: one attention layer's forward and forward+backward time per SWAA backend against causal SDPA (CUDA only).
 
-Each backend is first checked against a float64 reference at a short length; a failing backend is not timed.
-Run on a GPU: python -m swaa.bench_kernels --length 32768 --out BENCH.json
-"""
+Each backend is checked against float64 attention (output and gradients) first and not timed if it fails; times are
+min and median after warm-up calls; useful TFLOP/s and time over the visible-pair share of causal attention."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import functools
 import importlib.util
 import json
 import logging
-import platform
 from types import SimpleNamespace
 
 import torch
@@ -23,10 +20,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from swaa.attention import BACKENDS
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
-from swaa.files import write_atomic
+from swaa.bench.common import min_median, relative_error, run_metadata, warm_then_time, write_results
 from swaa.masks import dense_mask
 
 log = logging.getLogger(__name__)
+WARMUPS = 3  # untimed calls of each kernel before its timed repeats
+CHECK_TOKENS = 4096
+TOLERANCE = 2e-2  # largest relative error vs float64 (output, dq, dk, dv) that passes
 
 
 def visible_pairs(n: int, window: int | None, sink: int) -> int:
@@ -56,7 +56,7 @@ def _qkv(n, hq, hkv, d, dtype, device, grad=False):
             for s in shapes]
 
 
-def relative_error(name: str, window, sink, hq, hkv, d, dtype, device, n=4096) -> float:
+def check_error(name: str, window, sink, hq, hkv, d, dtype, device, n=CHECK_TOKENS) -> float:
     """Largest ||x - ref|| / ||ref|| over the output and the gradients of q, k, v, against float64 dense attention."""
     q, k, v = _qkv(n, hq, hkv, d, dtype, device, grad=True)
     x = _inputs(n, window, sink, device)
@@ -68,23 +68,7 @@ def relative_error(name: str, window, sink, hq, hkv, d, dtype, device, n=4096) -
     kk, vv = (t.repeat_interleave(hq // hkv, 1) for t in (k64, v64))
     ref = F.scaled_dot_product_attention(q64, kk, vv, attn_mask=mask, scale=d ** -0.5).transpose(1, 2)
     want = [ref, *torch.autograd.grad(ref, (q64, k64, v64), d_out.double())]
-    return max(((a.double() - b).norm() / b.norm()).item() for a, b in zip(got, want))
-
-
-def time_ms(fn, repeats: int = 10) -> float:
-    """Median of CUDA-event timings after warm-up."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return max(relative_error(a, b) for a, b in zip(got, want))
 
 
 CAUSAL_KERNELS = {"fa_causal": None, "flash_causal": SDPBackend.FLASH_ATTENTION,
@@ -114,7 +98,7 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
 
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
-          flex_tunings: list[dict] = ()) -> list[dict]:
+          flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
     """Time causal SDPA, then flash, cudnn (when nvidia-cudnn-frontend is installed) and flex (once per entry of
     `flex_tunings`: kernel_options plus an optional compile_mode) at each sink count; SWA rows get their time over
     (visible-pair share x each causal kernel's)."""
@@ -145,27 +129,28 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
 
             try:
                 with ctx():
-                    err = relative_error(name, window, sink, hq, hkv, d, dtype, device)
+                    err = check_error(name, window, sink, hq, hkv, d, dtype, device)
             except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
                 log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
                 err = float("nan")
             cases.append((label, window, sink, fwd, fwd_bwd, err))
     for name, w, s, fwd, fwd_bwd, err in cases:
-        if err is not None and not err < 2e-2:
+        if err is not None and not err < TOLERANCE:
             log.error("%s W=%s S=%s failed the correctness check (rel. error %.2e): not timed", name, w, s, err)
             rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "FAILED"})
             continue
         pairs = visible_pairs(length, w, s)
         flops = 4 * pairs * d * hq
         try:
-            t_fwd, t_fb = time_ms(fwd), time_ms(fwd_bwd)
+            times = {**min_median("fwd_ms", warm_then_time(fwd, device, repeats, WARMUPS)),
+                     **min_median("fwd_bwd_ms", warm_then_time(fwd_bwd, device, repeats, WARMUPS))}
         except RuntimeError as e:  # a forced SDPA kernel that cannot take these inputs
             log.warning("%s: not timed (%s)", name, e)
             rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "UNSUPPORTED"})
             continue
-        rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "ok", "fwd_ms": t_fwd,
-                     "fwd_tflops": flops / t_fwd / 1e9, "fwd_bwd_ms": t_fb,
-                     "fwd_bwd_tflops": 3.5 * flops / t_fb / 1e9, "visible_pairs": pairs})
+        rows.append({"kernel": name, "window": w, "sink": s, "rel_error": err, "status": "ok", **times,
+                     "fwd_tflops": flops / times["fwd_ms"] / 1e9,
+                     "fwd_bwd_tflops": 3.5 * flops / times["fwd_bwd_ms"] / 1e9, "visible_pairs": pairs})
         log.info("%s", rows[-1])
     add_proportional(rows, visible_pairs(length, None, 0))
     rows[0]["sdpa_choice"] = sdpa_choice(q, kk, vv)
@@ -173,26 +158,32 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
 
 
 def add_proportional(rows: list[dict], causal_pairs: int) -> None:
-    """Each SWA row's forward time over (its visible pairs / causal pairs) x each timed causal kernel's forward time:
-    1.0 means no efficiency lost to sparsity against that kernel."""
-    causal = {r["kernel"]: r["fwd_ms"] for r in rows if r["window"] is None and r["status"] == "ok"}
+    """Each SWA row's forward (and forward+backward) time over (its visible pairs / causal pairs) x each timed causal
+    kernel's: 1.0 means no efficiency lost to sparsity against that kernel."""
+    causal = [r for r in rows if r["window"] is None and r["status"] == "ok"]
     for r in rows:
         if r["window"] is not None and r["status"] == "ok":
             share = r["visible_pairs"] / causal_pairs
-            r["fwd_vs_proportional"] = {name: r["fwd_ms"] / (share * ms) for name, ms in causal.items()}
+            for key in ("fwd", "fwd_bwd"):
+                r[f"{key}_vs_proportional"] = {c["kernel"]: r[f"{key}_ms"] / (share * c[f"{key}_ms"]) for c in causal}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    """The kernel table (times: min / median of the repeats), then one line of metadata."""
     causal = [r["kernel"] for r in rows if r["window"] is None and r["status"] == "ok"]
-    head = ("| kernel | W | S | rel. error vs fp64 (max of out, dq, dk, dv) | fwd ms | fwd TFLOP/s | fwd+bwd ms "
-            "| fwd+bwd TFLOP/s | " + " | ".join(f"fwd / proportional {c}" for c in causal) + " |\n"
-            + "|---" * (8 + len(causal)) + "|")
+    ratios = [(key, c) for key in ("fwd", "fwd_bwd") for c in causal]
+    head = ("| kernel | W | S | rel. error vs fp64 (max of out, dq, dk, dv) | fwd ms min / median | fwd TFLOP/s | "
+            "fwd+bwd ms min / median | fwd+bwd TFLOP/s | "
+            + " | ".join(f"{key.replace('_', '+')} / proportional {c}" for key, c in ratios) + " |\n"
+            + "|---" * (8 + len(ratios)) + "|")
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    times = lambda r, k: "n/a" if k not in r else f"{r[k + '_min']:.2f} / {r[k]:.2f}"  # noqa: E731
     lines = [head] + [
         f"| {r['kernel']} | {r['window'] or 'full'} | {r['sink']} | {fmt(r['rel_error'], '.1e')} | "
-        f"{fmt(r.get('fwd_ms'), '.2f')} | {fmt(r.get('fwd_tflops'), '.0f')} | {fmt(r.get('fwd_bwd_ms'), '.2f')} | "
+        f"{times(r, 'fwd_ms')} | {fmt(r.get('fwd_tflops'), '.0f')} | {times(r, 'fwd_bwd_ms')} | "
         f"{fmt(r.get('fwd_bwd_tflops'), '.0f')} | "
-        + " | ".join(fmt(r.get("fwd_vs_proportional", {}).get(c), ".2f") for c in causal) + " |" for r in rows]
+        + " | ".join(fmt(r.get(f"{key}_vs_proportional", {}).get(c), ".2f") for key, c in ratios) + " |"
+        for r in rows]
     return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in meta.items())
 
 
@@ -206,31 +197,26 @@ def _tunings(text: str) -> list[dict]:
     return tunings
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=32768)
     parser.add_argument("--window", type=int, default=2048)
     parser.add_argument("--sinks", type=int, nargs="+", default=[0, 64])
     parser.add_argument("--flex-tunings", type=_tunings, default=[],
                         help='JSON list of flex variants to time, e.g. \'[{}, {"USE_TMA": true}, '
                              '{"compile_mode": "max-autotune-no-cudagraphs"}]\': FlexKernelOptions plus compile_mode')
+    parser.add_argument("--repeats", type=int, default=10, help=f"timed calls per kernel, after {WARMUPS} warm-ups")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def main(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
-        raise SystemExit("swaa.bench_kernels needs a CUDA GPU")
+        raise SystemExit("python -m swaa.bench kernels needs a CUDA GPU")
     # each flex tuning is a separate compilation; past dynamo's limit flex would fall back to its dense eager path
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(args.flex_tunings))
-    rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings)
-    import transformers
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "length": args.length, "heads": "32q/8kv", "head_dim": 128,
-            "dtype": "bf16", "useful FLOPs": "visible pairs x 4 x head_dim x heads (fwd+bwd: x3.5)"}
-    meta["sdpa_causal_kernel"] = rows[0]["sdpa_choice"]
-    print(markdown(rows, meta))
-    if args.out:
-        write_atomic(args.out, json.dumps({"rows": rows, "meta": meta}, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings, repeats=args.repeats)
+    meta = run_metadata(torch.device("cuda"), args.command, length=args.length, window=args.window,
+                        heads="32q/8kv", head_dim=128, dtype="bf16", repeats=args.repeats, warmups=WARMUPS,
+                        useful_flops="visible pairs x 4 x head_dim x heads (fwd+bwd: x3.5)",
+                        sdpa_causal_kernel=rows[0]["sdpa_choice"])
+    print(markdown(rows, {k: v for k, v in meta.items() if k != "command"}))
+    write_results(args.out, meta, rows)

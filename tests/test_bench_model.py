@@ -1,22 +1,22 @@
-"""swaa.bench on CPU with the tiny shape: rows, ratios, the correctness gate, KV-cache sizes, output files."""
-
-import json
+"""swaa.bench.model on CPU with a tiny shape: rows, ratios, warm-up per config and length, min/median, the correctness
+gate, KV-cache sizes, config parsing."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import swaa.bench.model as bench
 from swaa import SWAAConfig
 from swaa.attention import BACKENDS
-from swaa.bench import BenchConfig, builtin_configs, main, parse_configs, run
+from swaa.bench.model import BenchConfig, builtin_configs, markdown, parse_configs, run
 
-WINDOW, SINK, LENGTHS = 32, 4, [64, 128]
+SHAPE, WINDOW, SINK, LENGTHS = "tiny:qwen3:2:256", 32, 4, [64, 128]
 SWAA_NAMES = ["swa_all", "swa_all_fad", "swa_half", "swa_half_fad", "swa_quarter", "swa_quarter_fad"]
 
 
-def tiny_run(names, backend="auto"):
+def tiny_run(names, backend="auto", repeats=1):
     configs = [builtin_configs(WINDOW, SINK)[n] for n in names]
-    return run(configs, "tiny", LENGTHS, decode_tokens=3, repeats=1, dtype=torch.float32, device="cpu",
+    return run(configs, SHAPE, LENGTHS, decode_tokens=3, repeats=repeats, dtype=torch.float32, device="cpu",
                backend=backend)
 
 
@@ -57,6 +57,39 @@ def test_kv_cache_constant_for_sliding_configs_and_growing_for_full(rows):
     assert kv["hf_sliding_sdpa"][0] == kv["hf_sliding_sdpa"][1] < kv["fa"][0]  # transformers' sliding path is used
 
 
+def test_hf_sliding_window_unsupported_on_a_llama_shape():
+    row = run([builtin_configs(WINDOW, SINK)["hf_sliding_sdpa"]], "tiny:llama:2:256", [64], decode_tokens=2,
+              repeats=1, dtype=torch.float32, device="cpu")[0]
+    assert row["status"] == "UNSUPPORTED" and "llama" in row["note"]
+
+
+def test_each_config_and_length_warms_up_once_before_its_timed_repeats(monkeypatch):
+    """measure_once runs 1 + repeats times per config and length; the first (a compile, say) is not reported."""
+    calls = []
+
+    def stub(model, ids, decode_tokens, static, stock_tokens=None):
+        calls.append(ids.shape[1])
+        t = (1000.0, 10.0, 20.0)[(len(calls) - 1) % 3]  # per group of 1 warm-up + 2 repeats: a compile, then two
+        return {"prefill_ms": t, "decode_ms_per_token": t / 10, "kv_bytes": 1, "peak_bytes": None,
+                "static_setup_ms": t, "static_decode_ms_per_token": t / 100}
+
+    monkeypatch.setattr(bench, "measure_once", stub)
+    rows = tiny_run(["fa", "swa_all"], repeats=2)
+    assert calls == [64] * 3 + [128] * 3 + [64] * 3 + [128] * 3
+    for r in rows:
+        assert r["prefill_ms_runs"] == [10.0, 20.0] and r["prefill_ms_min"] == 10.0 and r["prefill_ms"] == 15.0
+        assert r["static_decode_ms_per_token_runs"] == [0.1, 0.2]
+    table = markdown(rows, {"command": ["python"]})
+    assert "| prefill ms min / median |" in table and "| 10.0 / 15.0 |" in table
+
+
+def test_min_at_most_median(rows):
+    for r in rows.values():
+        if r["status"] == "ok":
+            for name in ("prefill_ms", "decode_ms_per_token"):
+                assert len(r[name + "_runs"]) == 1 and r[name + "_min"] <= r[name]
+
+
 def window_ignored(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """A broken backend: plain causal attention, as if the window and sinks were forgotten."""
     out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling,
@@ -76,20 +109,19 @@ def test_static_decode_failing_the_check_is_not_timed(monkeypatch):
 
 def test_stock_and_static_decode_take_their_own_step_counts(monkeypatch):
     """--stock-decode-tokens sets the DynamicCache decode's steps; the static decode keeps --decode-tokens."""
-    import swaa.bench as bench
     from swaa.static_decode import StaticDecoder
     steps = {"stock": [], "static": []}
     real_decode, real_static = bench.decode, StaticDecoder.greedy
     monkeypatch.setattr(bench, "decode", lambda m, lg, c, n: steps["stock"].append(n) or real_decode(m, lg, c, n))
     monkeypatch.setattr(StaticDecoder, "greedy", lambda d, lg, n: steps["static"].append(n) or real_static(d, lg, n))
     configs = [builtin_configs(WINDOW, SINK)["swa_all"]]
-    row = run(configs, "tiny", [64], decode_tokens=5, repeats=1, dtype=torch.float32, device="cpu",
+    row = run(configs, SHAPE, [64], decode_tokens=5, repeats=1, dtype=torch.float32, device="cpu",
               stock_tokens=2)[0]
     assert row["status"] == "ok" and row["static_passed"]
     assert steps["stock"][-1] == 2 and steps["static"][-2:] == [1, 5]  # the static setup step, then the timed ones
     for bad in (0, -1):
         with pytest.raises(ValueError, match="stock_tokens >= 1"):
-            run(configs, "tiny", [64], decode_tokens=5, device="cpu", stock_tokens=bad)
+            run(configs, SHAPE, [64], decode_tokens=5, device="cpu", stock_tokens=bad)
 
 
 def test_config_failing_the_check_is_not_timed(monkeypatch):
@@ -102,79 +134,25 @@ def test_config_failing_the_check_is_not_timed(monkeypatch):
                for r in broken)
 
 
-def test_cli_writes_json_and_markdown(tmp_path):
-    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    argv = ["--device", "cpu", "--shape", "tiny", "--lengths", "48", "--decode-tokens", "2", "--repeats", "1",
-            "--window", "16", "--sink", "2", "--configs", 'fa,mine={"window": 8, "full_layers": [1]}',
-            "--out", str(out), "--markdown", str(md)]
-    main(argv)
-    data = json.loads(out.read_text())
-    assert data["meta"]["command"][1:] == argv and data["meta"]["dtype"] == "fp32"
-    assert [(r["config"], r["status"]) for r in data["rows"]] == [("fa", "ok"), ("mine", "ok")]
-    assert data["rows"][1]["tag"] == "w8-full:1"
-    table = md.read_text()
-    assert table.startswith("| config | tag | length | prefill ms |") and "| mine | w8-full:1 | 48 |" in table
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
 def test_parse_configs(tmp_path):
     presets = tmp_path / "presets.yaml"
     presets.write_text("naive: {window: 512}\n")
     configs = parse_configs('fa, naive, x={"window": 64, "sink": 4, "fa_decode": [0, 1]}, '
-                            'y={"hf_window": 16, "attn_implementation": "sdpa"}', 128, 8, presets)
+                            'y={"hf_window": 16, "attn_implementation": "sdpa"}', 128, 8, str(presets))
     assert [c.name for c in configs] == ["fa", "naive", "x", "y"]
     assert configs[1].swaa == SWAAConfig(window=512)
     assert configs[2].swaa == SWAAConfig(window=64, sink=4, fa_decode=[0, 1])
     assert configs[3] == BenchConfig("y", hf_window=16)
     with pytest.raises(ValueError, match="unknown config 'nope'"):
-        parse_configs("nope", 128, 8, presets)
+        parse_configs("nope", 128, 8, str(presets))
     with pytest.raises(ValueError, match="either hf_window"):
-        parse_configs('z={"window": 8, "hf_window": 8}', 128, 8, presets)
+        parse_configs('z={"window": 8, "hf_window": 8}', 128, 8, str(presets))
+    with pytest.raises(ValueError, match="--configs bad.*sink"):
+        parse_configs('bad={"window": 8, "sink": -1}', 128, 8)
     with pytest.raises(ValueError, match="duplicate"):
-        parse_configs("fa,fa", 128, 8, presets)
+        parse_configs("fa,fa", 128, 8, str(presets))
 
 
-def test_profile_breaks_time_into_categories(tmp_path):
-    md = tmp_path / "bench.md"
-    main(["--device", "cpu", "--shape", "tiny", "--lengths", "64", "--decode-tokens", "2", "--repeats", "1",
-          "--window", "16", "--sink", "2", "--configs", "fa,swa_all", "--profile", "--markdown", str(md),
-          "--out", str(tmp_path / "bench.json")])
-    from swaa.profiling import CATEGORIES, IDLE
-    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    for r in rows:
-        assert set(r["profile"]) == {"prefill", "decode", "static decode"}
-        for phase in ("prefill", "decode", "static decode"):
-            prof = r["profile"][phase]
-            busy = sum(prof[c] for c, _ in CATEGORIES) + prof["other"]
-            assert prof["attention"] > 0 and prof["matmul"] > 0
-            # operators' self times are disjoint: counting any of them twice would exceed the wall time
-            assert busy <= prof["wall_ms"] and prof[IDLE] == pytest.approx(prof["wall_ms"] - busy)
-    assert "Where the time goes" in md.read_text() and "| swa_all | 64 | decode |" in md.read_text()
-
-
-def test_category_names_kernels():
-    from swaa.profiling import category
-    assert category("void pytorch_flash::flash_fwd_kernel<...>") == "attention"
-    assert category("triton_tem_fused_flex_attention_0") == "attention"
-    assert category("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
-    assert category("void at::native::index_elementwise_kernel<...>") == "copy/index"
-    assert category("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<...>>") \
-        == "elementwise/norm/rotary"
-    assert category("aten::mm") == "matmul" and category("something_new") == "other"
-
-
-def test_category_ms_counts_each_kernel_once():
-    """On CUDA an operator's self device time repeats its kernels' time: only the kernels count."""
-    from types import SimpleNamespace as Event
-
-    from torch.autograd import DeviceType
-
-    from swaa.profiling import category_ms
-    events = [Event(key="aten::mm", device_type=DeviceType.CPU, self_device_time_total=5000, self_cpu_time_total=30),
-              Event(key="nvjet_tst_128x256", device_type=DeviceType.CUDA, self_device_time_total=5000,
-                    self_cpu_time_total=0),
-              Event(key="cudaLaunchKernel", device_type=DeviceType.CPU, self_device_time_total=0,
-                    self_cpu_time_total=20)]
-    assert category_ms(events, cuda=True)["matmul"] == 5.0
-    cpu = category_ms(events, cuda=False)
-    assert cpu["matmul"] == pytest.approx(0.03) and sum(cpu.values()) == pytest.approx(0.03)
+def test_parse_configs_reads_the_bundled_presets_by_default():
+    (cfg,) = parse_configs("sink_fa_decode_interleave_half", 128, 8)
+    assert cfg.swaa == SWAAConfig(window=512, sink=64, fa_decode=True, full_layers="odd")

@@ -1,0 +1,125 @@
+"""What every benchmark shares: the timer and its warm-up/repeat summary, run metadata, relative error, the
+random-weight model shapes, and writing results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from swaa.files import write_atomic
+from swaa.tiny import SPEC_HELP, is_tiny_spec, tiny_config
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# random-weight shapes of real models; small models come from a `tiny:<family>:<layers>:<vocab>` spec (swaa.tiny)
+SHAPES = {
+    "qwen3-4b": dict(model_type="qwen3", num_hidden_layers=36, hidden_size=2560, intermediate_size=9728,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=1e6,
+                     tie_word_embeddings=True),
+    "smollm2": dict(model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
+                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152, rope_theta=1e5,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True),
+}
+HF_SLIDING_TYPES = ("qwen3",)  # model types whose transformers classes honour layer_types="sliding_attention"
+SHAPE_HELP = f"one of {sorted(SHAPES)} (random weights) or {SPEC_HELP}"
+
+
+def model_config(shape: str, **overrides: Any) -> PretrainedConfig:
+    """The config of a named shape or a tiny spec, with `overrides` replacing fields."""
+    if is_tiny_spec(shape):
+        return tiny_config(shape, **overrides)
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r}: expected {SHAPE_HELP}")
+    return AutoConfig.for_model(**{**SHAPES[shape], **overrides})
+
+
+def shape_fields(shape: str) -> dict[str, Any]:
+    """The architecture of a shape as recorded next to its numbers."""
+    config = model_config(shape)
+    return {k: getattr(config, k, None) for k in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
+                                                  "num_attention_heads", "num_key_value_heads", "head_dim",
+                                                  "vocab_size")}
+
+
+def random_model(shape: str, dtype: torch.dtype, device: torch.device | str, seed: int = 0,
+                 **overrides: Any) -> PreTrainedModel:
+    """A model of `shape` with random weights (the same for the same seed), created directly on `device` in `dtype`."""
+    config = model_config(shape, **overrides)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - start) * 1e3, result
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    result = fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end), result
+
+
+def warm_then_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmups: int = 1) -> list[float]:
+    """Milliseconds of `repeats` calls of fn(), after `warmups` untimed calls (compilation, allocator growth)."""
+    if repeats < 1 or warmups < 1:
+        raise ValueError(f"repeats={repeats}, warmups={warmups}: expected both >= 1")
+    for _ in range(warmups):
+        fn()
+    return [timed_ms(fn, device)[0] for _ in range(repeats)]
+
+
+def min_median(name: str, values: list[float]) -> dict[str, Any]:
+    """`name` (the median), `name_min` and every value as `name_runs`."""
+    return {name: statistics.median(values), f"{name}_min": min(values), f"{name}_runs": list(values)}
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want||, computed in the dtype of `want`."""
+    return ((got.to(want.dtype) - want).norm() / want.norm()).item()
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def dtype_name(name: str | None, device: torch.device) -> str:
+    """`name`, or bf16 on CUDA and fp32 elsewhere when None."""
+    return name or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def run_metadata(device: torch.device, command: list[str], **settings: Any) -> dict[str, Any]:
+    """Versions, device, timer, date and command line of a run, then its `settings` (dtype, shape, ...)."""
+    return {"device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "timer": "CUDA events" if device.type == "cuda" else "perf_counter",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, **settings}
+
+
+def write_results(path: str | None, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Rows and metadata as JSON at `path` (atomically; nothing without a path)."""
+    if path:
+        write_atomic(path, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e

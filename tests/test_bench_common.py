@@ -1,0 +1,56 @@
+"""swaa.bench.common: warm-up before the timed calls, min/median, relative error, shapes and random models, metadata."""
+
+import pytest
+import torch
+
+from swaa.bench.common import (min_median, model_config, random_model, relative_error, run_metadata, shape_fields,
+                               timed_ms, warm_then_time)
+
+CPU = torch.device("cpu")
+
+
+def test_warm_then_time_runs_the_warmups_untimed_first():
+    calls = []
+    times = warm_then_time(lambda: calls.append(len(calls)), CPU, repeats=3, warmups=2)
+    assert calls == [0, 1, 2, 3, 4] and len(times) == 3 and all(t >= 0 for t in times)
+    for bad in ({"repeats": 0}, {"warmups": 0}):
+        with pytest.raises(ValueError, match="expected both >= 1"):
+            warm_then_time(lambda: None, CPU, **{"repeats": 1, "warmups": 1, **bad})
+
+
+def test_timed_ms_returns_the_result():
+    ms, result = timed_ms(lambda: 42, CPU)
+    assert result == 42 and ms >= 0
+
+
+def test_min_median():
+    assert min_median("x", [3.0, 1.0, 2.0, 10.0]) == {"x": 2.5, "x_min": 1.0, "x_runs": [3.0, 1.0, 2.0, 10.0]}
+
+
+def test_relative_error():
+    want = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert relative_error(torch.tensor([3.0, 4.0]), want) == 0.0
+    assert relative_error(torch.tensor([3.0, 9.0], dtype=torch.bfloat16), want) == pytest.approx(1.0)
+
+
+def test_shapes_and_tiny_specs():
+    qwen = model_config("qwen3-4b")
+    assert (qwen.model_type, qwen.num_hidden_layers, qwen.hidden_size, qwen.head_dim) == ("qwen3", 36, 2560, 128)
+    assert shape_fields("smollm2")["num_key_value_heads"] == 3
+    assert model_config("tiny:llama:3:64", num_hidden_layers=1).num_hidden_layers == 1
+    with pytest.raises(ValueError, match="shape='qwen9'.*tiny:"):
+        model_config("qwen9")
+
+
+def test_random_model_is_the_same_for_the_same_seed():
+    a, b = (random_model("tiny:qwen3:2:64", torch.bfloat16, CPU, seed=3) for _ in range(2))
+    c = random_model("tiny:qwen3:2:64", torch.bfloat16, CPU, seed=4)
+    assert next(a.parameters()).dtype == torch.bfloat16 and not a.training
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_run_metadata():
+    meta = run_metadata(CPU, ["python", "-m", "swaa.bench", "model"], dtype="fp32")
+    assert meta["gpu"] is None and meta["timer"] == "perf_counter" and meta["dtype"] == "fp32"
+    assert {"torch", "transformers", "python", "date", "command"} <= set(meta)
