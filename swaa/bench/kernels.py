@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from swaa.attention import BACKENDS
+from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
 from swaa.bench.common import min_median, relative_error, run_metadata, warm_then_time, write_results
@@ -97,6 +98,31 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
     return cases
 
 
+def _swaa_case(name: str, tune: dict | None, window: int | None, sink: int, q, k, v, dout, label: str) -> tuple:
+    """(label, window, sink, fwd, fwd_bwd, float64 check error) of one SWAA backend (flex: with a tuning)."""
+    d, hq, hkv = q.shape[-1], q.shape[1], k.shape[1]
+    module = _module(_inputs(q.shape[2], window, sink, q.device))
+    tune = dict(tune or {})
+    ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if name == "flex" else \
+        contextlib.nullcontext
+
+    def fwd():
+        with ctx(), torch.no_grad():
+            return BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0]
+
+    def fwd_bwd():
+        with ctx():
+            BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0].backward(dout)
+
+    try:
+        with ctx():
+            err = check_error(name, window, sink, hq, hkv, d, q.dtype, q.device)
+    except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
+        log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
+        err = float("nan")
+    return label, window, sink, fwd, fwd_bwd, err
+
+
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
     """Time causal SDPA, then flash, cudnn (when nvidia-cudnn-frontend is installed) and flex (once per entry of
@@ -108,32 +134,15 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     kk, vv = (t.detach().repeat_interleave(hq // hkv, 1).requires_grad_() for t in (k, v))
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
     cases = _causal_cases(q, kk, vv, dout)
+    fa4 = fa4_unavailable() is None
+    if fa4:  # FlashAttention-4's own causal kernel (flex FLASH backend with a causal block mask)
+        cases.append(_swaa_case("fa4", {}, None, 0, q, k, v, dout, label="fa4_causal"))
     variants = [("flash", None)] + [("cudnn", None)] * (importlib.util.find_spec("cudnn") is not None) \
-        + [("flex", t) for t in (flex_tunings or [{}])]
+        + [("fa4", None)] * fa4 + [("flex", t) for t in (flex_tunings or [{}])]
     for sink in sinks:
         for name, tune in variants:
-            x = _inputs(length, window, sink, device)
-            module = _module(x)
-            tune = dict(tune or {})
-            ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if name == "flex" else \
-                contextlib.nullcontext
             label = f"{name} {json.dumps(tune)}" if name == "flex" and flex_tunings else name
-
-            def fwd(name=name, module=module, ctx=ctx):
-                with ctx(), torch.no_grad():
-                    return BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0]
-
-            def fwd_bwd(name=name, module=module, ctx=ctx):
-                with ctx():
-                    BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0].backward(dout)
-
-            try:
-                with ctx():
-                    err = check_error(name, window, sink, hq, hkv, d, dtype, device)
-            except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
-                log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
-                err = float("nan")
-            cases.append((label, window, sink, fwd, fwd_bwd, err))
+            cases.append(_swaa_case(name, tune, window, sink, q, k, v, dout, label))
     for name, w, s, fwd, fwd_bwd, err in cases:
         if err is not None and not err < TOLERANCE:
             log.error("%s W=%s S=%s failed the correctness check (rel. error %.2e): not timed", name, w, s, err)

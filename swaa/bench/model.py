@@ -23,6 +23,7 @@ from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_dev
                                timed_ms, write_results)
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.files import write_atomic
+from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
 from swaa.models import forward_with_cache
 from swaa.static_decode import StaticDecoder
@@ -141,7 +142,7 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = 
 
 
 def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device,
-                max_positions: int) -> PreTrainedModel:
+                max_positions: int, fuse_with: str = "none") -> PreTrainedModel:
     """The shape's random model (the same weights for every config), with transformers' sliding layers if `cfg`
     asks for them."""
     fields: dict[str, Any] = dict(max_position_embeddings=max_positions, attn_implementation=cfg.attn_implementation)
@@ -154,7 +155,7 @@ def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.
                                       or set(config.layer_types) != {"sliding_attention"}):
         raise RuntimeError(f"{type(config).__name__} dropped the sliding window (sliding_window="
                            f"{config.sliding_window}, layer_types={set(config.layer_types)})")
-    return model
+    return fuse(model, fuse_with)
 
 
 def unsupported_reason(cfg: BenchConfig, shape: str, device: torch.device) -> str | None:
@@ -302,14 +303,14 @@ def measure_cell(measure_fn: Measure, model: PreTrainedModel, length: int, stati
 
 
 def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], measure_fn: Measure, dtype: torch.dtype,
-                 device: torch.device, backend: str, max_positions: int) -> list[dict[str, Any]]:
+                 device: torch.device, backend: str, max_positions: int, fuse_with: str = "none") -> list[dict[str, Any]]:
     """Check one config, then measure it at every length; one row per length."""
     base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
     reason = unsupported_reason(cfg, shape, device)
     if reason:
         log.warning("%s: unsupported here (%s)", cfg.name, reason)
         return [{**base, "length": n, "status": "UNSUPPORTED", "note": reason} for n in lengths]
-    model = build_model(shape, cfg, dtype, device, max(max_positions, cfg.check_length() + CHECK_DECODE))
+    model = build_model(shape, cfg, dtype, device, max(max_positions, cfg.check_length() + CHECK_DECODE), fuse_with)
     with torch.no_grad():
         try:
             check = check_config(model, cfg, backend)
@@ -337,7 +338,8 @@ def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], measure_fn: M
 
 def run_configs(configs: list[BenchConfig], shape: str, lengths: list[int], measure_fn: Measure, new_tokens: int,
                 dtype: torch.dtype, device: str | torch.device, backend: str,
-                on_config: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+                on_config: Callable[[list[dict[str, Any]]], None] | None = None,
+                fuse_with: str = "none") -> list[dict[str, Any]]:
     """bench_config for every config in order; `new_tokens` positions past the longest prompt are decoded.
     `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
     model_config(shape)  # an unknown shape fails before any work
@@ -347,7 +349,8 @@ def run_configs(configs: list[BenchConfig], shape: str, lengths: list[int], meas
     backend = resolve_backend(backend, device)
     rows: list[dict[str, Any]] = []
     for cfg in configs:
-        rows += bench_config(cfg, shape, lengths, measure_fn, dtype, device, backend, max(lengths) + new_tokens)
+        rows += bench_config(cfg, shape, lengths, measure_fn, dtype, device, backend, max(lengths) + new_tokens,
+                             fuse_with)
         if on_config is not None:
             on_config(rows)
     return rows
@@ -369,7 +372,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_tokens: int = 128, repeats: int = 3,
         dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda", backend: str = "auto",
         on_config: Callable[[list[dict[str, Any]]], None] | None = None,
-        stock_tokens: int | None = None) -> list[dict[str, Any]]:
+        stock_tokens: int | None = None, fuse_with: str = "none") -> list[dict[str, Any]]:
     """Benchmark every config at every length; rows with ratios against `fa`.
 
     `stock_tokens` (default `decode_tokens`) sets the DynamicCache decode's steps, `decode_tokens` the static
@@ -385,7 +388,7 @@ def run(configs: list[BenchConfig], shape: str, lengths: list[int], decode_token
             on_config(rows)
 
     return run_configs(configs, shape, lengths, measure_fn, (stock_tokens or decode_tokens) + decode_tokens + 1,
-                       dtype, device, backend, on_config=with_ratios)
+                       dtype, device, backend, on_config=with_ratios, fuse_with=fuse_with)
 
 
 def _min_median(row: dict[str, Any], name: str, spec: str) -> str:
@@ -437,6 +440,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, decode_tokens: int) -> 
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="auto")
+    parser.add_argument("--fuse", choices=FUSIONS, default="none",
+                        help="fused non-attention kernels for every config alike (swaa.fusion) (default: %(default)s)")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
     parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
 
@@ -447,7 +452,7 @@ def model_metadata(args: argparse.Namespace, configs: list[BenchConfig], device:
     return run_metadata(device, args.command, dtype=dtype_name(args.dtype, device), shape=args.shape,
                         model=shape_fields(args.shape), backend=args.backend,
                         resolved_backend=resolve_backend(args.backend, device), window=args.window, sink=args.sink,
-                        decode_tokens=args.decode_tokens, **settings, configs=[c.to_dict() for c in configs])
+                        decode_tokens=args.decode_tokens, fuse=args.fuse, **settings, configs=[c.to_dict() for c in configs])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -471,5 +476,5 @@ def main(args: argparse.Namespace) -> None:
 
     rows = run(configs, args.shape, args.lengths, args.decode_tokens, args.repeats,
                DTYPES[dtype_name(args.dtype, device)], device, args.backend, on_config=save,
-               stock_tokens=args.stock_decode_tokens)
+               stock_tokens=args.stock_decode_tokens, fuse_with=args.fuse)
     print(markdown(rows, meta))

@@ -119,5 +119,6 @@ def main(args: argparse.Namespace) -> None:
 
     rows = run_configs(configs, args.shape, args.lengths,
                        functools.partial(profile_cell, decode_tokens=args.decode_tokens), 2 * args.decode_tokens + 1,
-                       DTYPES[dtype_name(args.dtype, device)], device, args.backend, on_config=save)
+                       DTYPES[dtype_name(args.dtype, device)], device, args.backend, on_config=save,
+                       fuse_with=args.fuse)
     print(breakdown_table(rows) + "\n\n" + markdown_meta_line(meta))

@@ -1,6 +1,7 @@
 """Train: LoRA fine-tuning step time, tokens/s and peak memory, FA versus SWAA, on a model with random weights.
 
-Batch 1, gradient checkpointing, LoRA r=16 on q/k/v, last 10% of tokens supervised; each backend is checked against
+Batch 1, gradient checkpointing, LoRA r=16 on q/k/v, last 10% of tokens supervised (logits for those rows only,
+swaa.loss), optional fused non-attention kernels (--fuse); each backend is checked against
 the reference backend first; untimed warm-up steps per config and length, then min and median of the timed steps."""
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, i
 from swaa.bench.model import BenchConfig, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
+from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa
 from swaa.lora import LoRASettings, add_lora
+from swaa.loss import answer_logits, answer_loss, supervised_columns
 
 log = logging.getLogger(__name__)
 WARMUP_STEPS = 2  # untimed steps per config and length: compilation, allocator growth, optimizer state
@@ -29,12 +32,14 @@ CHECK_SWAA = SWAAConfig(window=64, sink=4, fa_decode=True, full_layers="odd")
 CHECK_TOLERANCE = 5e-2
 
 
-def build(shape: str, layers: int | None, dtype: torch.dtype, device: torch.device, max_positions: int) -> PeftModel:
-    """Random weights of `shape` (`layers` deep if given) in train mode with gradient checkpointing, LoRA added."""
+def build(shape: str, layers: int | None, dtype: torch.dtype, device: torch.device, max_positions: int,
+          fuse_with: str = "none") -> PeftModel:
+    """Random weights of `shape` (`layers` deep if given) in train mode with gradient checkpointing and the
+    non-attention fusion `fuse_with` (swaa.fusion), LoRA added."""
     overrides: dict[str, Any] = dict(max_position_embeddings=max_positions, attn_implementation="sdpa")
     if layers is not None:
         overrides["num_hidden_layers"] = layers
-    model = random_model(shape, dtype, device, **overrides).train()
+    model = fuse(random_model(shape, dtype, device, **overrides).train(), fuse_with)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return add_lora(model, LoRASettings())
 
@@ -49,8 +54,11 @@ def step_time(model: PeftModel, length: int, steps: int, device: torch.device,
     labels[:, -length // ANSWER_FRACTION:] = ids[:, -length // ANSWER_FRACTION:]
     losses = []
 
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    columns = supervised_columns(labels)
+
     def one_step() -> None:
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss = answer_loss(answer_logits(model, batch, columns), labels, columns)  # logits of answer rows only
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -71,7 +79,9 @@ def check(model: PeftModel, backend: str, device: torch.device) -> float:
     for name in (backend, "reference"):
         apply_swaa(base, CHECK_SWAA, backend=name)
         model.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        columns = supervised_columns(labels)
+        loss = answer_loss(answer_logits(model, batch, columns), labels, columns)
         loss.backward()
         results.append(torch.cat([loss.detach().float().reshape(1)] + [p.grad.float().flatten() for p in
                                   model.parameters() if p.requires_grad]))
@@ -146,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="auto", help="comma-separated SWAA backends to time (FA is timed once)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--fuse", choices=FUSIONS, default="none",
+                        help="fused non-attention kernels for every config alike (swaa.fusion) (default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one more step per row (untimed): ms per kernel category")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here (after every row)")
@@ -161,14 +173,15 @@ def main(args: argparse.Namespace) -> None:
     if any(c.hf_window is not None for c in configs):
         raise SystemExit("--configs: transformers' own sliding window (hf_window) is not benchmarked in training")
     model = build(args.shape, args.layers, DTYPES[dtype_name(args.dtype, device)], device,
-                  max(*args.lengths, CHECK_TOKENS))
+                  max(*args.lengths, CHECK_TOKENS), args.fuse)
     errors = checked_backends(model, backends, device)
     timed = [b for b in backends if errors[b] < CHECK_TOLERANCE]
     if not timed:
         raise SystemExit(f"every backend failed the correctness check: {errors}")
     meta = run_metadata(device, args.command, dtype=dtype_name(args.dtype, device), shape=args.shape,
                         model={**shape_fields(args.shape), "num_hidden_layers": model.config.num_hidden_layers},
-                        lora=LoRASettings().to_dict(), steps=args.steps, warmup_steps=WARMUP_STEPS,
+                        lora=LoRASettings().to_dict(), fuse=args.fuse, loss="answer rows only (swaa.loss)",
+                        steps=args.steps, warmup_steps=WARMUP_STEPS,
                         answer_fraction=1 / ANSWER_FRACTION, check_rel_diff=errors,
                         configs=[c.to_dict() for c in configs])
     rows = run(configs, model, args.lengths, timed, args.steps, device, args.profile,
