@@ -31,9 +31,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from swaa.checkpoints import load_adapter
 from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
-from swaa.data.synthetic import SyntheticDataModule
+from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
-from swaa.eval.tasks import Sample, train_answer  # the one import of the task code
+from swaa.eval.tasks import Sample, make_samples, train_answer  # the one import of the task code
 from swaa.files import write_atomic
 from swaa.integration import apply_swaa, prompt_lengths, remove_swaa
 from swaa.models import base_model, load_config, load_model, load_tokenizer
@@ -102,20 +102,22 @@ def default_length(window: int, context: int) -> int:
     return min(max(8 * window, 512), context - CONTEXT_ROOM)
 
 
-def calibration_samples(tokenizer: str | None, tasks: list[str] | None = None, lengths: list[int] | None = None,
-                        n: int = 8, seed: int = 0, data: str | Path | None = None
-                        ) -> tuple[list[Sample], PreTrainedTokenizerBase]:
-    """Calibration samples and the tokenizer of model `tokenizer`: the first n of a prompt/answer file (`data`), or n
-    samples of the training tasks' 'train' split spread over (task, length) as SyntheticDataModule spreads them."""
+def calibration_samples(tokenizer: PreTrainedTokenizerBase, tasks: list[str] | None = None,
+                        lengths: list[int] | None = None, n: int = 8, seed: int = 0,
+                        data: str | Path | None = None) -> list[Sample]:
+    """The first n samples of a prompt/answer file (`data`), or n samples of the training tasks' 'train' split spread
+    evenly over (task, length) pairs as SyntheticDataModule spreads its training samples."""
+    if n < 1:
+        raise ValueError(f"n={n}: expected >= 1 calibration samples")
     if data is not None:
         if tasks or lengths:
             raise ValueError("a calibration file brings its own samples: do not also give tasks or lengths")
-        return load_eval_file(data, limit=n), load_tokenizer(tokenizer)
+        return load_eval_file(data, limit=n)
     if not lengths:
         raise ValueError("lengths: give the calibration prompt lengths in tokens (see default_length)")
-    module = SyntheticDataModule(list(tasks or TRAINING_TASKS), list(lengths), n_train=n, n_val=0,
-                                 tokenizer=tokenizer, seed=seed)
-    return module.make_split("train", n), module.tokenizer
+    pairs = [(task, length) for task in tasks or TRAINING_TASKS for length in lengths]
+    return [sample for (task, length), k in zip(pairs, split_evenly(n, len(pairs))) if k
+            for sample in make_samples(task, k, length, tokenizer, seed=seed, split="train")]
 
 
 def encode_samples(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], context: int) -> list[dict]:
@@ -154,14 +156,13 @@ def make_batches(encoded: list[dict], batch_size: int, pad_token_id: int) -> lis
     return batches
 
 
-def calibration_batches(model: str | None, window: int, tasks: list[str] | None = None,
-                        lengths: list[int] | None = None, n: int = 8, seed: int = 0, data: str | Path | None = None,
-                        batch_size: int = 4) -> list[CalibrationBatch]:
-    """Encoded calibration batches for model `model` (a path or tiny spec); lengths None = default_length."""
-    context = load_config(model).max_position_embeddings
+def calibration_batches(tokenizer: PreTrainedTokenizerBase, context: int, window: int,
+                        tasks: list[str] | None = None, lengths: list[int] | None = None, n: int = 8, seed: int = 0,
+                        data: str | Path | None = None, batch_size: int = 4) -> list[CalibrationBatch]:
+    """Encoded calibration batches for a model with `context` positions; lengths None = default_length."""
     if data is None and not lengths:
         lengths = [default_length(window, context)]
-    samples, tokenizer = calibration_samples(model, tasks, lengths, n, seed, data)
+    samples = calibration_samples(tokenizer, tasks, lengths, n, seed, data)
     return make_batches(encode_samples(tokenizer, samples, context), batch_size, tokenizer.pad_token_id)
 
 
@@ -259,18 +260,21 @@ def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[Calibra
                disable=not progress)
     measured: dict[tuple[int, ...], float] = {}
 
-    def nll(layers: list[int] | None) -> float:
-        """NLL with these layers full (None: plain full attention), measured once per set."""
-        key = (-1,) if layers is None else tuple(sorted(layers))
+    def score(config: SWAAConfig) -> float:
+        value = answer_nll(base, config, batches, backend).mean().item()
+        bar.update()
+        return value
+
+    def nll(layers: list[int]) -> float:
+        """NLL with these layers full and the others SWA, measured once per set."""
+        key = tuple(sorted(layers))
         if key not in measured:
-            config = SWAAConfig() if layers is None else dataclasses.replace(plain, full_layers=list(key))
-            measured[key] = answer_nll(base, config, batches, backend).mean().item()
-            bar.update()
+            measured[key] = score(dataclasses.replace(plain, full_layers=list(key)))
         return measured[key]
 
     start = time.perf_counter()
     try:
-        nll_fa, nll_swa = nll(None), nll([])
+        nll_fa, nll_swa = score(SWAAConfig()), nll([])
         single = [nll([layer]) for layer in range(depth)]
         greedy: list[dict[int, float]] = []
         chosen: dict[str, list[int]] = {}
@@ -291,10 +295,10 @@ def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[Calibra
         remove_swaa(base)
         bar.total = bar.n
         bar.close()
-    seconds = time.perf_counter() - start
+    seconds, forwards = time.perf_counter() - start, len(measured) + 1
     log.info("chose %d of %d layers in %.1f s: %d passes over %d calibration batches, %.2f s each", count, depth,
-             seconds, len(measured), len(batches), seconds / len(measured))
-    return Selection(plain, count, nll_fa, nll_swa, single, greedy, chosen, nll_chosen, len(measured), seconds)
+             seconds, forwards, len(batches), seconds / forwards)
+    return Selection(plain, count, nll_fa, nll_swa, single, greedy, chosen, nll_chosen, forwards, seconds)
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
@@ -408,8 +412,9 @@ def main(argv: list[str] | None = None) -> None:
         SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
-        batches = calibration_batches(args.model, args.window, args.tasks, args.lengths, args.n, args.seed, args.data,
-                                      args.batch_size)
+        tokenizer = load_tokenizer(args.model)
+        batches = calibration_batches(tokenizer, config.max_position_embeddings, args.window, args.tasks, args.lengths,
+                                      args.n, args.seed, args.data, args.batch_size)
         model = load_model(args.model, device=args.device)
         model = load_adapter(model, args.adapter) if args.adapter else model
         selection = select_full_layers(model, batches, args.window, args.sink, args.fa_decode, args.budget, criteria,
@@ -422,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"swaa.select: error: {e}")
     for entry, swaa in preset_entries(selection, args.name).items():
-        print(f"{entry}: full_layers {swaa['full_layers']}")
+        print(f"{entry}: full_layers {swaa['full_layers']}  (train.py --model.swaa '{json.dumps(swaa)}')")
     nlls = {"fa": selection.nll_fa, "all_swa": selection.nll_swa, **selection.nll_chosen}
     print("answer NLL: " + ", ".join(f"{key} {value:.4f}" for key, value in nlls.items()))
     print(f"{selection.forwards} passes over {len(batches)} batches in {selection.seconds:.1f} s")
