@@ -48,7 +48,8 @@ def resolve_budget(budget: int | float | Fraction | str, depth: int) -> int:
     """Number of full layers: a count in 1..depth-1, or a fraction in (0, 1) of `depth` rounded down (so 1/4 of 30
     layers is 7, as many as `every:4:from:3`). Strings: '2' is a count, '0.25' and '1/4' are fractions."""
     if depth < 2:
-        raise ValueError(f"the model has {depth} layer: choosing full layers needs a model with >= 2 layers")
+        raise ValueError(f"the model has {depth} layer{'s' * (depth != 1)}: choosing full layers needs a model "
+                         "with >= 2 layers")
     allowed = f"a count in 1..{depth - 1} or a fraction in (0, 1) of the {depth} layers"
     value: int | Fraction
     try:
@@ -376,8 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", required=True, help="full layers to choose: a count ('2') or a fraction ('1/4', "
                                                    "'0.25', rounded down)")
     p.add_argument("--criterion", choices=[*CRITERIA, "both"], default="both",
-                   help="greedy, one-layer sensitivity, or both (the sensitivity costs one pass more) "
-                        "(default: %(default)s)")
+                   help="greedy, one-layer sensitivity, or both (the sensitivity ranking is greedy's first step: "
+                        "both cost one pass more than greedy) (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", help="synthetic training tasks, space or comma separated (default: "
                                               f"{', '.join(TRAINING_TASKS)})")
     p.add_argument("--lengths", nargs="+", help="calibration prompt lengths in tokens, space or comma separated "
@@ -390,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", help="SWAA attention backend (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
-    p.add_argument("--out", required=True, help="presets YAML to write; NAME.scores.json and NAME.png go beside it")
+    p.add_argument("--out", required=True, help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
     args = p.parse_args(argv)
     split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
     args.tasks = split(args.tasks)

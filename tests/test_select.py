@@ -125,8 +125,8 @@ def test_choice_has_the_budget_size_no_duplicates_and_is_stable():
 
 
 def test_calibration_samples_are_deterministic_for_a_seed(smollm2_tokenizer):
-    make = lambda seed: calibration_samples(smollm2_tokenizer, ["passkey", "niah_single"], [200], n=3, seed=seed)  # noqa
-    first, again, other = make(1), make(1), make(2)
+    first, again, other = (calibration_samples(smollm2_tokenizer, ["passkey", "niah_single"], [200], n=3, seed=seed)
+                           for seed in (1, 1, 2))
     assert [s.prompt for s in first] == [s.prompt for s in again]
     assert [s.task for s in first] == ["passkey", "passkey", "niah_single"]
     assert [s.prompt for s in first] != [s.prompt for s in other]
