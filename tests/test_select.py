@@ -1,0 +1,180 @@
+"""swaa.select: budgets, answer NLL as in training, the choice on planted models, outputs and the CLI."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_model
+
+from swaa.config import SWAAConfig, load_presets, resolve_swaa
+from swaa.eval.runner import parse_swaa_spec
+from swaa.integration import apply_swaa, remove_swaa
+from swaa.select import (answer_nll, calibration_samples, encode_samples, main, make_batches, periodic_layers,
+                         resolve_budget, select_full_layers)
+
+IGNORE = -100
+
+
+@pytest.mark.parametrize("budget, depth, count", [(2, 8, 2), ("2", 8, 2), ("1/4", 30, 7), (0.25, 30, 7),
+                                                  ("0.125", 30, 3), (0.3, 10, 3), (7, 8, 7)])
+def test_budget_is_a_count_or_a_fraction_rounded_down(budget, depth, count):
+    assert resolve_budget(budget, depth) == count
+
+
+@pytest.mark.parametrize("budget", [0, "0", 8, 9, -1, "1.0", 1.0, 0.05, "half", True])
+def test_budget_out_of_range_names_the_value_and_range(budget):
+    with pytest.raises(ValueError, match=r"budget=.*1\.\.7 .*\(0, 1\) of the 8 layers"):
+        resolve_budget(budget, 8)
+
+
+def test_one_layer_model_is_an_error():
+    with pytest.raises(ValueError, match="1 layer.*>= 2 layers"):
+        resolve_budget(1, 1)
+    with pytest.raises(ValueError, match="1 layer"):
+        select_full_layers(tiny_model(layers=1), _batches(tiny_model(layers=1), 1), window=4, budget=1,
+                           progress=False)
+
+
+def test_periodic_layers_match_the_every_pattern():
+    assert periodic_layers(30, 7) == SWAAConfig(window=8, full_layers="every:4:from:3").full_layer_indices(30)
+    assert periodic_layers(8, 2) == [3, 7]
+    assert periodic_layers(30, 8) == [2, 5, 8, 11, 14, 17, 20, 23]
+
+
+def _sequences(model, n: int = 4, prompt: int = 48, answer: int = 3, seed: int = 0) -> list[dict]:
+    """Random prompts of different lengths; the answer is the model's own greedy continuation under full attention."""
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        ids = torch.randint(0, model.config.vocab_size, (1, prompt + 3 * i), generator=gen)
+        with torch.no_grad():
+            for _ in range(answer):
+                ids = torch.cat([ids, model(input_ids=ids).logits[:, -1:].argmax(-1)], 1)
+        ids = ids[0].tolist()
+        samples.append({"input_ids": ids, "labels": [IGNORE] * (len(ids) - answer) + ids[-answer:]})
+    return samples
+
+
+def _batches(model, batch_size: int, **kwargs):
+    return make_batches(_sequences(model, **kwargs), batch_size, pad_token_id=0)
+
+
+def test_answer_nll_is_the_training_loss_per_sample():
+    """Left-padded batches give each sample the loss that a training forward with labels (P from the labels) gives."""
+    model = tiny_model(layers=2)
+    samples = _sequences(model, n=3)
+    config = SWAAConfig(window=8, sink=2, fa_decode=True, full_layers=[1])
+    batched = answer_nll(model, config, make_batches(samples, 3, pad_token_id=0))
+    apply_swaa(model, config, "reference")
+    with torch.no_grad():
+        losses = [model(input_ids=torch.tensor([s["input_ids"]]), labels=torch.tensor([s["labels"]])).loss
+                  for s in samples]  # make_batches orders samples by length: these are already in that order
+    remove_swaa(model)
+    torch.testing.assert_close(batched, torch.stack(losses), rtol=1e-4, atol=1e-5)
+    fa = answer_nll(model, SWAAConfig(), make_batches(samples, 3, pad_token_id=0))
+    assert (fa - batched).abs().max() > 1e-3  # the window matters on these prompts: the comparison has teeth
+
+
+def _planted(attention_layers: tuple[int, ...], layers: int = 4):
+    """A tiny model whose attention contributes only in `attention_layers` (o_proj zero elsewhere), with sharp
+    output logits, so the full attention of those layers alone decides the answer NLL."""
+    model = tiny_model(layers=layers)
+    with torch.no_grad():
+        for idx, layer in enumerate(model.model.layers):
+            if idx in attention_layers:
+                layer.self_attn.o_proj.weight.mul_(20)
+            else:
+                layer.self_attn.o_proj.weight.zero_()
+        model.lm_head.weight.mul_(30)
+    return model
+
+
+def test_planted_layer_is_chosen_without_fa_decode():
+    model = _planted((2,))
+    selection = select_full_layers(model, _batches(model, 2), window=4, fa_decode=False, budget=1, progress=False)
+    assert selection.chosen == {"greedy": [2], "sensitivity": [2]}
+    assert selection.nll_swa > selection.nll_fa + 1.0
+    assert selection.nll_single[2] == pytest.approx(selection.nll_fa, rel=1e-4)
+    assert [selection.nll_single[i] for i in (0, 1, 3)] == [selection.nll_swa] * 3  # attention there is zeroed
+    assert "swaa_runtime" not in model.__dict__ and "swaa" not in model.config.to_dict()
+
+
+def test_greedy_steps_with_fa_decode_reach_full_attention():
+    """With FA decode the answer rows are full everywhere: layer 1's prompt rows carry the distant context that the
+    last layer reads, and the last layer's last prompt row predicts the first answer token; both full = FA."""
+    model = _planted((1, 3))
+    selection = select_full_layers(model, _batches(model, 2), window=4, fa_decode=True, budget=2,
+                                   criteria=("greedy",), progress=False)
+    assert selection.greedy_order == [1, 3]
+    assert selection.chosen == {"greedy": [1, 3]}
+    assert selection.nll_chosen["greedy"] == pytest.approx(selection.nll_fa, rel=1e-4)
+    assert selection.nll_chosen["greedy"] < selection.nll_single[1] < selection.nll_swa - 1.0
+    assert len(selection.greedy) == 2 and sorted(selection.greedy[1]) == [0, 2, 3]
+
+
+def test_choice_has_the_budget_size_no_duplicates_and_is_stable():
+    model = tiny_model(layers=5)
+    batches = _batches(model, 2, n=2)
+    runs = [select_full_layers(model, batches, window=4, sink=1, budget="1/2", progress=False) for _ in range(2)]
+    for criterion, layers in runs[0].chosen.items():
+        assert len(layers) == 2 and len(set(layers)) == 2 and set(layers) <= set(range(5)), criterion
+    first, second = (run.to_dict() for run in runs)
+    first.pop("seconds"), first.pop("seconds_per_forward"), second.pop("seconds"), second.pop("seconds_per_forward")
+    assert first == second
+
+
+def test_calibration_samples_are_deterministic_for_a_seed(smollm2_tokenizer):
+    first, again, other = (calibration_samples(smollm2_tokenizer, ["passkey", "niah_single"], [200], n=3, seed=seed)
+                           for seed in (1, 1, 2))
+    assert [s.prompt for s in first] == [s.prompt for s in again]
+    assert [s.task for s in first] == ["passkey", "passkey", "niah_single"]
+    assert [s.prompt for s in first] != [s.prompt for s in other]
+
+
+def test_calibration_file_and_context_errors(smollm2_tokenizer, tmp_path):
+    data = tmp_path / "calib.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say the number {i} back.", "answer": str(1000 + i)}) + "\n"
+                            for i in range(3)))
+    samples = calibration_samples(smollm2_tokenizer, data=data, n=2)
+    encoded = encode_samples(smollm2_tokenizer, samples, context=4096)
+    supervised = [smollm2_tokenizer.decode([t for t in e["labels"] if t != IGNORE]) for e in encoded]
+    assert [s.startswith(str(1000 + i)) for i, s in enumerate(supervised)] == [True, True]
+    batch = make_batches(encoded, 2, smollm2_tokenizer.pad_token_id)[0]
+    first_supervised = sorted(next(i for i, t in enumerate(e["labels"]) if t != IGNORE) for e in encoded)
+    assert sorted(batch.prompt_len.tolist()) == first_supervised
+    with pytest.raises(ValueError, match=r"calib-0 is \d+ tokens .* context of 10 tokens"):
+        encode_samples(smollm2_tokenizer, samples, context=10)
+    with pytest.raises(ValueError, match="do not also give tasks"):
+        calibration_samples(smollm2_tokenizer, ["passkey"], data=data)
+
+
+def test_cli_writes_presets_that_load_and_resolve(tmp_path, capsys):
+    out = tmp_path / "sel.yaml"
+    main(["--model", "tiny:llama:4:49152", "--window", "16", "--sink", "2", "--budget", "2", "--tasks", "passkey",
+          "--lengths", "160", "--n", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    presets = load_presets(out)
+    assert sorted(presets) == ["greedy_w16_s2_fad_2of4", "sensitivity_w16_s2_fad_2of4"]
+    for name in presets:
+        config = resolve_swaa(name, presets)
+        assert (config.window, config.sink, config.fa_decode) == (16, 2, True)
+        assert len(config.full_layer_indices(4)) == 2 and f"{name}: full_layers {config.full_layers}" in printed
+    entries = yaml.safe_load(out.read_text())
+    assert {name: resolve_swaa(entry, where="--model.swaa") for name, entry in entries.items()} == presets  # train.py
+    assert parse_swaa_spec(",".join(presets), out) == presets  # evaluate.py --swaa NAMES --presets FILE
+    scores = json.loads(out.with_suffix(".scores.json").read_text())
+    assert [row["layer"] for row in scores["layers"]] == [0, 1, 2, 3]
+    assert scores["chosen"]["greedy"] == presets["greedy_w16_s2_fad_2of4"].full_layers
+    assert scores["calibration"]["lengths"] == [160] and scores["model"] == "tiny:llama:4:49152"
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "4"], r"budget='4' means every layer full .* 1\.\.3"),
+    (["--budget", "0"], r"budget='0' means no full layer"),
+    (["--budget", "1", "--model", "tiny:llama:1:49152"], r"1 layer"),
+])
+def test_cli_errors_name_the_field_and_range(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"), *argv])
