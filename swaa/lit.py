@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -22,7 +21,8 @@ from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprin
 from swaa.config import SWAAConfig, resolve_swaa
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
-from swaa.loss import IGNORE, answer_logits, answer_loss, supervised_columns
+from swaa.data.chat import IGNORE_INDEX
+from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -147,7 +147,7 @@ class SWAAFineTuner(L.LightningModule):
         """KL(teacher || student) per answer token, teacher = base weights under full attention, temperature T."""
         with torch.no_grad(), self.model.disable_adapter(), swaa_disabled(self.base_model):
             teacher = answer_logits(self.model, batch, columns)
-        answer = batch["labels"][:, 1:][:, columns] != IGNORE  # logits at column i predict the token at i + 1
+        answer = batch["labels"][:, 1:][:, columns] != IGNORE_INDEX  # logits at column i predict the token at i + 1
         t = self.hparams.distill_temperature
         student_logp = F.log_softmax(logits[answer].float() / t, dim=-1)  # (N answer tokens, V)
         teacher_logp = F.log_softmax(teacher[answer].float() / t, dim=-1)

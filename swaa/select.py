@@ -7,7 +7,6 @@ python -m swaa.select --model tiny:llama:8:49152 --window 64 --sink 4 --budget 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import inspect
 import io
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from matplotlib.figure import Figure
 from peft import PeftModel
@@ -35,7 +33,8 @@ from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.tasks import Sample, make_samples, train_answer  # the one import of the task code
 from swaa.files import write_atomic
-from swaa.integration import apply_swaa, prompt_lengths, remove_swaa
+from swaa.integration import answer_start, apply_swaa, remove_swaa
+from swaa.loss import answer_logits, sample_nll, supervised_columns
 from swaa.models import base_model, load_config, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -84,18 +83,20 @@ def periodic_layers(depth: int, count: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationBatch:
-    """Left-padded samples (B, T) with labels -100 on prompt and padding, and each sample's prompt length P in real
-    tokens: the first supervised token, as SWAA derives it from labels in training."""
+    """Left-padded samples (B, T) with labels -100 on prompt and padding."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
-    prompt_len: torch.Tensor
 
     @property
-    def keep(self) -> int:
-        """Logits the answer NLL needs: the last prompt token's and every later position's (left padding)."""
-        return int((self.attention_mask.sum(1) - self.prompt_len).max()) + 1
+    def prompt_len(self) -> torch.Tensor:
+        """Each sample's prompt length P in real tokens, as SWAA derives it from labels in training."""
+        return answer_start(self.labels, self.attention_mask)
+
+    def to(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
+                "labels": self.labels.to(device)}
 
 
 def default_length(window: int, context: int) -> int:
@@ -151,9 +152,7 @@ def make_batches(encoded: list[dict], batch_size: int, pad_token_id: int) -> lis
         supervised = batch["labels"] != IGNORE_INDEX
         if not supervised.any(1).all():
             raise ValueError("make_batches: every sample needs at least one supervised (label != -100) token")
-        padding = (batch["attention_mask"] == 0).sum(1)
-        prompt_len = supervised.int().argmax(1) - padding
-        batches.append(CalibrationBatch(batch["input_ids"], batch["attention_mask"], batch["labels"], prompt_len))
+        batches.append(CalibrationBatch(batch["input_ids"], batch["attention_mask"], batch["labels"]))
     return batches
 
 
@@ -175,18 +174,12 @@ def answer_nll(model: PreTrainedModel | PeftModel, config: SWAAConfig, batches: 
     prompt rows under SWA, answer rows as the config says for them, P set per sample as training derives it."""
     base = base_model(model)
     apply_swaa(base, config, backend)
-    device, nlls = base.device, []
+    nlls = []
     with torch.inference_mode():
         for batch in batches:
-            keep = batch.keep
-            scope = prompt_lengths(base, batch.prompt_len) if config.enabled else contextlib.nullcontext()
-            with scope:
-                logits = base(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                              use_cache=False, logits_to_keep=keep).logits  # (B, keep, V)
-            labels = batch.labels[:, -(keep - 1):].to(device)  # the tokens that logits[:, :-1] predict
-            nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                  reduction="none")  # (B, keep - 1)
-            nlls.append((nll.sum(1) / (labels != IGNORE_INDEX).sum(1)).cpu())
+            batch = batch.to(base.device)
+            columns = supervised_columns(batch["labels"])
+            nlls.append(sample_nll(answer_logits(base, batch, columns), batch["labels"], columns).cpu())
     return torch.cat(nlls)
 
 
