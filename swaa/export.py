@@ -1,6 +1,6 @@
 """Export a train.py checkpoint: LoRA merged into a Hugging Face model folder (`--merge`), or the peft adapter alone.
 
-    python -m swaa.export --ckpt runs/smollm2/checkpoints/last.ckpt --out models/smollm2-swaa --merge
+    python -m swaa.export --ckpt runs/smollm2_cpu/checkpoints/last.ckpt --out models/smollm2_cpu --merge
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                          device.type)
         return choice
     if backend not in BACKENDS:
-        raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+        raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend in ("flash", "cudnn") and device.type != "cuda":
         raise ValueError(f"backend {backend!r} needs a CUDA device, but the model is on {device}; "
                          "use 'flex' or 'reference'")
