@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import traceback
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
@@ -40,5 +43,47 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SWAACLI:
                    auto_configure_optimizers=False)
 
 
+def _interrupted_trainer(interrupt: BaseException) -> Trainer | None:
+    """The Trainer in the call stack that `interrupt` unwound (a local of Lightning's frames), if training had begun."""
+    return next((value for frame, _ in traceback.walk_tb(interrupt.__traceback__)
+                 for value in frame.f_locals.values() if isinstance(value, Trainer)), None)
+
+
+def _saved_message(trainer: Trainer | None) -> str:
+    """One line: the step a Ctrl-C'ed run reached, its last checkpoint and how to resume from it."""
+    if trainer is None:
+        return "train.py: interrupted before training started; nothing was saved"
+    checkpoints = [(c.last_model_path, "last") for c in trainer.checkpoint_callbacks if c.last_model_path]
+    checkpoints += [(c.best_model_path, c.best_model_path) for c in trainer.checkpoint_callbacks if c.best_model_path]
+    if not checkpoints:
+        return f"train.py: interrupted at step {trainer.global_step}, before the first checkpoint; nothing was saved"
+    path, resume = checkpoints[0]
+    return (f"train.py: interrupted at step {trainer.global_step}; last checkpoint {path}; to resume, run the same "
+            f"command with --ckpt_path {resume}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """train.py's command line: bad values, data and paths end in one `train.py: error:` line (exit 1), Ctrl-C in one
+    line saying what was saved and how to resume (exit 130); bugs keep their traceback."""
+    def ctrl_c(signum, frame):  # not KeyboardInterrupt, on which Lightning prints its own notice and exits 1
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut Lightning's cleanup short
+        raise SystemExit(130)
+
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        cli_main(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"train.py: error: {e}")
+    except SystemExit as e:
+        if e.code != 130:
+            raise
+        trainer = _interrupted_trainer(e)
+        if trainer is None or trainer.is_global_zero:  # other ranks of a multi-process run stay quiet
+            print(_saved_message(trainer), file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 if __name__ == "__main__":
-    cli_main()
+    main()

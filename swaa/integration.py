@@ -155,11 +155,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     than 'reference' and than FA on CPU, BENCHMARKS.md)."""
     if backend == "auto":
         choice = "auto" if device.type == "cuda" else "chunked"
-        _log_choice_once("flex for SWA prefill, flash for full layers and decode" if choice == "auto" else choice,
+        _log_choice_once("flex (FA4 kernels where available) for SWA prefill, flash for full layers and decode" if choice == "auto" else choice,
                          device.type)
         return choice
     if backend not in BACKENDS:
-        raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+        raise ValueError(f"unknown SWAA backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend in ("flash", "cudnn", "fa4") and device.type != "cuda":
         raise ValueError(f"backend {backend!r} needs a CUDA device, but the model is on {device}; "
                          "use 'flex' or 'reference'")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import datasets
 import pytest
@@ -102,7 +103,7 @@ def test_arrow_and_save_to_disk_folder(smollm2_tokenizer, tmp_path):
 def test_missing_fields_error_names_file_and_fields(smollm2_tokenizer, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
     dm = module(smollm2_tokenizer, tmp_path, [bad])
-    with pytest.raises(ValueError, match=r"bad\.jsonl: record has fields \['answer', 'question'\]"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, record 1: record has fields \['answer', 'question'\]"):
         dm.setup()
 
 
@@ -129,3 +130,20 @@ def test_argument_errors():
         SFTDataModule(["a.jsonl"], val_fraction=1.5)
     with pytest.raises(ValueError, match="train_files is empty"):
         SFTDataModule([])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.jsonl", "", "data file {path} is empty$"),
+    ("blank.jsonl", "\n\n", "cannot read data file {path}: no records, only whitespace$"),
+    ("syntax.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": "p" "response": "r"}\n',
+     r"cannot read data file {path}: line 2: invalid JSON \(Expecting ',' delimiter, column 16\)$"),
+    ("array.jsonl", '{"prompt": "p", "response": "r"}\n\n["p", "r"]\n',
+     "cannot read data file {path}: line 3: expected a JSON object \\(one record per line\\), got list$"),
+    ("document.json", '[{"prompt": "p",\n  "response": }]\n',
+     r"cannot read data file {path}: line 2: invalid JSON \(Expecting value, column 15\)$"),
+], ids=["empty", "blank", "jsonl_syntax", "jsonl_not_an_object", "json_document"])
+def test_malformed_json_files_name_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message.format(path=re.escape(str(path)))):
+        sft.load_records(path)

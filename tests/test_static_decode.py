@@ -1,11 +1,14 @@
 """StaticDecoder (fixed KV buffers, CUDA graphs on GPU) against the dynamic-cache decode, step by step, on CPU."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import DynamicCache
 
 from conftest import tiny_model
 from swaa import SWAAConfig, apply_swaa, prompt_lengths
+from swaa.models import cache_argument, forward_with_cache
 from swaa.static_decode import IMPLEMENTATION, StaticDecoder, prefix_and_new_attention
 from test_integration import batch
 
@@ -20,7 +23,7 @@ def no_grad():
 
 def prefill(model, ids, mask):
     cache = DynamicCache(config=model.config)
-    logits = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1:]
+    logits = forward_with_cache(model, cache, input_ids=ids, attention_mask=mask)
     return cache, logits
 
 
@@ -32,7 +35,7 @@ def dynamic_decode(model, ids, mask, steps):
     for _ in range(steps):
         tok = logits[:, -1].argmax(-1, keepdim=True)
         mask, pos = torch.cat([mask, torch.ones_like(tok)], 1), pos + 1
-        logits = model(tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits
+        logits = forward_with_cache(model, cache, input_ids=tok, attention_mask=mask, position_ids=pos)
         tokens.append(tok)
         out.append(logits)
     return torch.cat(tokens, 1), torch.cat(out, 1)
@@ -164,3 +167,17 @@ def test_prefix_and_new_attention_against_float64(device, dtype):
     q, k, v, mask = (t.to(device) for t in (q.to(dtype), k.to(dtype), v.to(dtype), mask))
     got = prefix_and_new_attention(q, k, v, prefix, mask[..., prefix:], d ** -0.5).double().cpu()
     assert ((got - want).norm() / want.norm()).item() < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_no_deprecated_cache_argument():
+    """Prefill and StaticDecoder pass the KV cache as `cache` where transformers has it (5.24 on, where
+    `past_key_values` warns that it goes away in 5.40) and as `past_key_values` before (5.17)."""
+    model = apply_swaa(tiny_model("llama"), SWAAConfig(window=5, sink=2, fa_decode=True), backend="reference")
+    ids, mask = batch((20, 33))
+    if cache_argument(type(model)) == "cache":  # the old name warns here, so the check below can fail
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            model(ids, attention_mask=mask, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        static_decode(model, ids, mask, 3)
+    assert not [str(w.message) for w in caught if "past_key_values" in str(w.message)]

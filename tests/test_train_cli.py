@@ -1,13 +1,16 @@
 """train.py: a 2-step CPU fit of configs/smoke.yaml, resume with --ckpt_path last, two processes from the command line,
 and CLI errors."""
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from train import cli_main
+from train import cli_main, main
 
 from swaa.data import SFTDataModule
 
@@ -119,3 +122,51 @@ def test_two_processes_by_command_line_resume_and_equal_one_process_on_the_doubl
             f"step {step}, {worst}: max |diff| {delta.abs().max():.3e} (max |value| {w.abs().max():.3e}), over the "
             f"tolerance in {int((excess[worst] > 1).sum())} of {w.numel()} elements; relative norm of the difference "
             f"{delta.norm() / w.norm():.1e}")
+
+
+def sft_file(tmp_path: Path, name: str, content: str) -> list[str]:
+    (tmp_path / name).write_text(content)
+    return ["--data", "SFTDataModule", "--data.train_files", f"[{tmp_path / name}]",
+            "--data.cache_dir", str(tmp_path / "cache")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (lambda tmp: ["--model.swaa", "{window: 0}"],
+     "swaa={'window': 0}: SWAAConfig.window=0: expected None (full attention) or an int >= 1"),
+    (lambda tmp: sft_file(tmp, "bad.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": "p", "response"}\n'),
+     "cannot read data file {tmp}/bad.jsonl: line 2: invalid JSON (Expecting ':' delimiter, column 27)"),
+    (lambda tmp: sft_file(tmp, "empty.jsonl", ""), "data file {tmp}/empty.jsonl is empty"),
+    (lambda tmp: ["--model.init_weights", str(tmp / "nope.ckpt")], "checkpoint {tmp}/nope.ckpt not found"),
+], ids=["bad_value", "malformed_jsonl", "empty_jsonl", "missing_checkpoint"])
+def test_main_turns_user_errors_into_one_line(tmp_path, monkeypatch, extra, message):
+    """What sys.exit prints (to stderr, exit status 1): one line naming the value, file and line, no traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMOKE, *extra(tmp_path)])
+    assert exit_info.value.code == "train.py: error: " + message.replace("{tmp}", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_what_was_saved_and_exits_130_then_the_run_resumes(tmp_path, monkeypatch):
+    """SIGINT after the first checkpoint: one line naming last.ckpt and --ckpt_path last (not Lightning's notice and
+    exit 1, nor a traceback); the command it names resumes from there."""
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "4",
+            "--trainer.max_steps", "100000", "--data.init_args.n_train", "400"]
+    last = tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True,  # as a terminal's Ctrl-C finds it:
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 130, stderr[-4000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert re.fullmatch(rf"train\.py: interrupted at step \d+; last checkpoint {re.escape(str(last))}; to resume, "
+                        r"run the same command with --ckpt_path last", stderr.strip().splitlines()[-1])
+
+    step = torch.load(last, weights_only=True)["global_step"]
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main([*args, "--trainer.max_steps", str(step + 1), "--ckpt_path", "last"])
+    assert cli.trainer.global_step == step + 1

@@ -7,6 +7,7 @@ length, and served by the resumable length-grouped loader.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def load_records(path: str | Path) -> datasets.Dataset:
     if not path.is_dir() and path.suffix not in FILE_FORMATS:
         raise ValueError(f"data file {path}: unsupported format {path.suffix!r}; expected one of "
                          f"{sorted(FILE_FORMATS)} or a folder written by Dataset.save_to_disk")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"data file {path} is empty")
     try:
         if path.is_dir():
             data = datasets.load_from_disk(str(path))
@@ -40,10 +43,35 @@ def load_records(path: str | Path) -> datasets.Dataset:
                 if "train" not in data and len(data) != 1:
                     raise ValueError(f"has splits {sorted(data)}; expected 'train' or a single split")
                 data = data["train"] if "train" in data else next(iter(data.values()))
-            return data
-        return datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+        else:
+            data = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for unreadable files; name the file once here
-        raise ValueError(f"cannot read data file {path}: {e}") from e
+        reason = (FILE_FORMATS.get(path.suffix) == "json" and json_error(path)) or str(e) or type(e).__name__
+        raise ValueError(f"cannot read data file {path}: {reason}") from e
+    if len(data) == 0:
+        raise ValueError(f"data file {path} has no records")
+    return data
+
+
+def json_error(path: Path) -> str | None:
+    """Where a JSON or JSON Lines file stops parsing ('line N: ...'), or None if it parses (the problem is elsewhere)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        return "no records, only whitespace"
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as e:
+        if e.msg != "Extra data":  # one JSON document, broken at e.lineno
+            return f"line {e.lineno}: invalid JSON ({e.msg}, column {e.colno})"
+    for number, line in enumerate(text.splitlines(), 1):  # JSON Lines: one record per line
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as e:
+            return f"line {number}: invalid JSON ({e.msg}, column {e.colno})"
+        if not isinstance(record, dict):
+            return f"line {number}: expected a JSON object (one record per line), got {type(record).__name__}"
+    return None
 
 
 def content_digest(path: str | Path) -> str:
@@ -80,8 +108,8 @@ def encode_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, cache_dir:
     key = hashlib.sha256(f"{CACHE_VERSION}|{content_digest(path)}|{tokenizer_digest(tokenizer)}".encode())
     cache_file = Path(cache_dir) / f"sft-{key.hexdigest()[:32]}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    return records.map(lambda r: encode_messages(tokenizer, normalize_record(r, str(path))),
-                       remove_columns=records.column_names, cache_file_name=str(cache_file),
+    return records.map(lambda r, i: encode_messages(tokenizer, normalize_record(r, f"{path}, record {i + 1}")),
+                       with_indices=True, remove_columns=records.column_names, cache_file_name=str(cache_file),
                        new_fingerprint=key.hexdigest(), desc=f"tokenising {Path(path).name}")
 
 
