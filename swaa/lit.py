@@ -14,6 +14,7 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -149,6 +150,11 @@ class SWAAFineTuner(L.LightningModule):
         student_logp = F.log_softmax(logits[:, :-1][answer].float() / t, dim=-1)  # (N answer tokens, V)
         teacher_logp = F.log_softmax(teacher[:, :-1][answer].float() / t, dim=-1)
         return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean") * t * t
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            rank_zero_info(f"resumed from {self.trainer.ckpt_path} at step {self.trainer.global_step} "
+                           f"(epoch {self.trainer.current_epoch})")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
