@@ -17,16 +17,20 @@ POINTS = ("step_start", "before_optimizer_step", "validation", "checkpoint_write
 
 class RecordSamples(L.Callback):
     """Append `{"step": global step, "rows": [hash of each row's tokens]}` to `<out>/samples-rank<R>.jsonl` after every
-    optimizer step (a step redone after a resume appends again: readers keep the last record of each step)."""
+    optimizer step (a step redone after a resume appends again: readers keep the last record of each step); with
+    `weights`, rank 0 also saves the trainable weights after every step to `<out>/weights-step<N>.pt`."""
 
-    def __init__(self, out: str):
-        self.out = Path(out)
+    def __init__(self, out: str, weights: bool = False):
+        self.out, self.weights = Path(out), weights
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         rows = [hashlib.sha1(ids[mask.bool()].numpy().tobytes()).hexdigest()[:16]
                 for ids, mask in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())]
         with open(self.out / f"samples-rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps({"step": trainer.global_step, "rows": rows}) + "\n")
+        if self.weights and trainer.is_global_zero:
+            state = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+            torch.save(state, self.out / f"weights-step{trainer.global_step}.pt")
 
 
 class PauseAt(L.Callback):
