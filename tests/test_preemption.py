@@ -43,7 +43,7 @@ def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subpro
     into `cwd`."""
     parallel = ["--trainer.devices", "2", "--trainer.strategy", "ddp"] if devices == 2 else []
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "smoke.yaml"),
-               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.max_steps", str(STEPS),
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", str(STEPS),
                "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3", *parallel,
                "--trainer.callbacks+=preemption_hooks.RecordSamples", f"--trainer.callbacks.out={cwd}",
                f"--trainer.callbacks.weights={weights}", *extra]

@@ -17,7 +17,7 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "4"]
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "4"]
     cli = cli_main([*args, "--trainer.max_steps", "2"])
     ckpt_dir = tmp_path / "runs" / "smoke" / "checkpoints"
     assert cli.trainer.global_step == 2 and (ckpt_dir / "last.ckpt").is_file()
@@ -74,7 +74,7 @@ def test_data_module_by_short_name_gets_the_model_tokenizer():
 def run_train(cwd: Path, *args: str) -> None:
     """train.py fit of the smoke config as a command, from `cwd` (where it writes runs/)."""
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", SMOKE,
-               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.max_steps", "4", *args]
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", "4", *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sync_dist=True" not in result.stderr  # GenerationValidation's metrics are synced across ranks
