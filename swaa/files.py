@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def write_atomic(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
@@ -17,7 +18,7 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
     fsync it, then os.replace it into place: readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as the umask allows (mkstemp: 0600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -31,6 +32,15 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | Path) -> None:
+    """Remove the temporary files that writes to `folder` cut short by a kill left behind (none may be in progress)."""
+    stale = sorted(Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        log.warning("%s: removed %d temporary file(s) of writes cut short by a kill", folder, len(stale))
 
 
 def truncate_torn_tail(path: str | Path) -> bytes:

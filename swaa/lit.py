@@ -6,13 +6,14 @@ The model is built in `configure_model` on the trainer's device, in the dtype of
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -24,8 +25,7 @@ from swaa.lora import LoRASettings, add_lora
 from swaa.data.chat import IGNORE_INDEX
 from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
-
-Schedule = Literal["cosine", "linear", "constant"]
+from swaa.optim import AdamW, WarmupDecay
 
 
 def build_model(spec: str | None, swaa: SWAAConfig, backend: str, lora: LoRASettings, device: torch.device | str,
@@ -38,16 +38,6 @@ def build_model(spec: str | None, swaa: SWAAConfig, backend: str, lora: LoRASett
     return add_lora(base, lora)
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: Schedule) -> float:
-    """Linear warmup from 0 to 1 over `warmup_steps`, then cosine / linear decay to 0 at `max_steps`, or constant."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-
 class SWAAFineTuner(L.LightningModule):
     """Fine-tune a causal LM under a SWAA configuration: prompt rows under SWA, answer rows under full attention."""
 
@@ -57,11 +47,8 @@ class SWAAFineTuner(L.LightningModule):
         swaa: dict | str | None = None,
         backend: str = "auto",
         lora: LoRASettings = LoRASettings(),
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        max_steps: int | None = None,
-        schedule: Schedule = "cosine",
+        optimizer: OptimizerCallable = AdamW,
+        lr_scheduler: LRSchedulerCallable = WarmupDecay,
         gradient_checkpointing: bool = False,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
@@ -75,11 +62,9 @@ class SWAAFineTuner(L.LightningModule):
                 swaa/presets.yaml (bundled); None trains with full attention.
             backend: SWAA attention backend: auto, reference, chunked, flex or flash.
             lora: LoRA adapters, or full_finetune.
-            lr: peak learning rate of AdamW.
-            weight_decay: AdamW weight decay.
-            warmup_steps: linear warmup steps.
-            max_steps: steps of the decay schedule; None = the trainer's estimated number of steps.
-            schedule: decay after warmup.
+            optimizer: the optimizer of the trainable weights (YAML: class_path and init_args, e.g. lr).
+            lr_scheduler: the learning-rate schedule, stepped after every optimizer step (default: linear warmup,
+                then cosine decay to 0 at the trainer's max_steps; swaa/optim.py).
             gradient_checkpointing: recompute activations in the backward pass (less memory).
             distill_weight: weight of KL(FA teacher || student) on answer tokens added to the CE loss; the teacher is
                 the same weights with adapters disabled, under full attention.
@@ -96,10 +81,9 @@ class SWAAFineTuner(L.LightningModule):
         if distill_weight > 0 and lora.full_finetune:
             raise ValueError("distill_weight > 0 needs LoRA: the FA teacher is the base model with adapters disabled, "
                              "which full_finetune does not keep")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps={max_steps}: expected None or an int >= 1")
         self.lora_settings = lora
-        self.save_hyperparameters(ignore=["lora"])
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.save_hyperparameters(ignore=["lora", "optimizer", "lr_scheduler"])  # the CLI's config.yaml has them
         self.hparams["lora"] = lora.to_dict()  # plain data, so checkpoints load with weights_only=True
         self.model: PreTrainedModel | PeftModel | None = None
         self.fingerprint: dict | None = None
@@ -153,6 +137,11 @@ class SWAAFineTuner(L.LightningModule):
         teacher_logp = F.log_softmax(teacher[answer].float() / t, dim=-1)
         return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean") * t * t
 
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            rank_zero_info(f"resumed from {self.trainer.ckpt_path} at step {self.trainer.global_step} "
+                           f"(epoch {self.trainer.current_epoch})")
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
 
@@ -176,10 +165,10 @@ class SWAAFineTuner(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.hparams.max_steps or int(self.trainer.estimated_stepping_batches)
-        warmup, schedule = self.hparams.warmup_steps, self.hparams.schedule
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, schedule))
+        optimizer = self.optimizer(params)
+        scheduler = self.lr_scheduler(optimizer)
+        if isinstance(scheduler, WarmupDecay) and scheduler.max_steps is None:
+            scheduler.max_steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ load_adapter and swaa.export."""
 
 import json
 import os
+from functools import partial
 
 import lightning.pytorch as L
 import pytest
@@ -15,13 +16,14 @@ from swaa.export import export
 from swaa.integration import swaa_disabled
 from swaa.lit import SWAAFineTuner
 from swaa.lora import LoRASettings
+from swaa.optim import AdamW
 from swaa.tiny import build_tiny_model
 
 SWAA = {"window": 8, "sink": 2, "fa_decode": True}
 
 
 def module(**kwargs) -> SWAAFineTuner:
-    return SWAAFineTuner(**{"model": TINY, "swaa": SWAA, "lora": LoRASettings(rank=4), "lr": 1e-2, **kwargs})
+    return SWAAFineTuner(**{"model": TINY, "swaa": SWAA, "lora": LoRASettings(rank=4), "optimizer": partial(AdamW, lr=1e-2), **kwargs})
 
 
 @pytest.fixture(scope="module")

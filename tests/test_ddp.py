@@ -2,6 +2,7 @@
 writes checkpoints and logs."""
 
 import csv
+from functools import partial
 
 import lightning.pytorch as L
 import pytest
@@ -15,6 +16,7 @@ from swaa.checkpoints import AtomicCheckpointIO
 from swaa.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
 from swaa.lit import SWAAFineTuner
 from swaa.lora import LoRASettings
+from swaa.optim import AdamW, WarmupDecay
 
 STEPS = 3
 
@@ -54,7 +56,8 @@ def fit(root, devices: int, batch_size: int, accelerator: str = "cpu", strategy:
     step in this run and the trainable weights of last.ckpt."""
     L.seed_everything(0)
     module = SWAAFineTuner(model=TINY, swaa={"window": 8, "sink": 2, "fa_decode": True}, lora=LoRASettings(rank=4),
-                           lr=1e-2, max_steps=STEPS, init_weights=init_weights)
+                           optimizer=partial(AdamW, lr=1e-2), lr_scheduler=partial(WarmupDecay, max_steps=STEPS),
+                           init_weights=init_weights)
     strategy = strategy or ("ddp_spawn" if devices > 1 else "auto")
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy,
                         max_steps=max_steps, default_root_dir=root,

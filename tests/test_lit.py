@@ -1,6 +1,7 @@
 """SWAAFineTuner: LoRA invariants, losses (CE, KL to the FA teacher, SWAA vs FA validation), schedule, exact resume."""
 
 import math
+from functools import partial
 
 import lightning.pytorch as L
 import pytest
@@ -9,8 +10,9 @@ from torch.utils.data import DataLoader
 
 from swaa.checkpoints import AtomicCheckpointIO
 from swaa.data import SyntheticDataModule
-from swaa.lit import SWAAFineTuner, lr_factor
+from swaa.lit import SWAAFineTuner
 from swaa.lora import LoRASettings
+from swaa.optim import AdamW, WarmupDecay, lr_factor
 from swaa.tiny import build_tiny_model
 
 TINY = "tiny:llama:2:128"
@@ -44,11 +46,31 @@ def test_lr_schedule():
     assert lr_factor(2, 2, 10, "cosine") == 1.0 and lr_factor(10, 2, 10, "cosine") == pytest.approx(0.0)
     assert lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5) == lr_factor(6, 2, 10, "linear")
     assert lr_factor(9, 2, 10, "constant") == 1.0
+    with pytest.raises(ValueError, match="WarmupDecay.decay='cosin'"):
+        WarmupDecay(AdamW([torch.nn.Parameter(torch.zeros(1))]), decay="cosin")
+
+
+class LRRecorder(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, *_):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_default_optimizer_and_schedule_warm_up_then_decay_to_zero_at_the_trainers_max_steps(tmp_path):
+    module, recorder = SWAAFineTuner(model=TINY, swaa={"window": 8}, lora=LoRASettings(rank=4),
+                                     lr_scheduler=partial(WarmupDecay, warmup_steps=1)), LRRecorder()
+    make_trainer(tmp_path, 4, callbacks=[recorder]).fit(module, random_batches())
+    optimizer = module.trainer.optimizers[0]
+    assert type(optimizer) is AdamW and optimizer.defaults["lr"] == 2e-4 and optimizer.defaults["weight_decay"] == 0
+    assert recorder.lrs == pytest.approx([2e-4 * lr_factor(s, 1, 4, "cosine") for s in range(4)])
+    assert recorder.lrs[1] == pytest.approx(2e-4) and recorder.lrs[3] == pytest.approx(5e-5)  # cos(2 pi / 3)
 
 
 def test_lora_trains_adapters_only_and_base_is_unchanged(tmp_path):
     module = SWAAFineTuner(model=TINY, swaa={"window": 8, "sink": 2, "fa_decode": True},
-                           lora=LoRASettings(rank=4, target_modules="all-linear"), lr=1e-2)
+                           lora=LoRASettings(rank=4, target_modules="all-linear"), optimizer=partial(AdamW, lr=1e-2))
     reference = build_tiny_model(TINY).state_dict()
     make_trainer(tmp_path, 3).fit(module, random_batches())
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
@@ -114,7 +136,8 @@ def synthetic(tmp_path_factory):
 def _fit(root, data, max_steps, ckpt_path=None, every=None):
     L.seed_everything(0)
     module = SWAAFineTuner(model="tiny:qwen3:2:49152", swaa={"window": 32, "sink": 4, "fa_decode": True},
-                           lora=LoRASettings(rank=4), lr=5e-3, warmup_steps=1, max_steps=4)
+                           lora=LoRASettings(rank=4), optimizer=partial(AdamW, lr=5e-3),
+                           lr_scheduler=partial(WarmupDecay, warmup_steps=1, max_steps=4))
     recorder = LossRecorder()
     callbacks = [recorder]
     if every:

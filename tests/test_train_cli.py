@@ -1,6 +1,7 @@
 """train.py: a 2-step CPU fit of configs/smoke.yaml, resume with --ckpt_path last, two processes from the command line,
 and CLI errors."""
 
+import logging
 import re
 import signal
 import subprocess
@@ -13,14 +14,16 @@ import torch
 from train import cli_main, main
 
 from swaa.data import SFTDataModule
+from swaa.preemption import SaveOnSigterm
+from swaa.runs import DropFailedStart
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
-def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch):
+def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "4"]
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "4"]
     cli = cli_main([*args, "--trainer.max_steps", "2"])
     ckpt_dir = tmp_path / "runs" / "smoke" / "checkpoints"
     assert cli.trainer.global_step == 2 and (ckpt_dir / "last.ckpt").is_file()
@@ -30,8 +33,19 @@ def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch):
     assert (version / "config.yaml").is_file() and list(version.glob("events.out.tfevents.*"))
     first = torch.load(ckpt_dir / "last.ckpt", weights_only=True)["state_dict"]
 
-    cli = cli_main([*args, "--trainer.max_steps", "3", "--ckpt_path", "last"])  # as if stopped at step 2 of 4
+    assert {SaveOnSigterm, DropFailedStart} <= {type(c) for c in cli.trainer.callbacks}
+    with pytest.raises(SystemExit, match=f"a run already exists at {ckpt_dir} .*--ckpt_path last"):
+        cli_main([*args, "--trainer.max_steps", "3"])  # no --ckpt_path: it would write last-v1.ckpt beside last.ckpt
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+
+    lightning_log = logging.getLogger("lightning.pytorch")  # it does not propagate to caplog's root handler
+    lightning_log.addHandler(caplog.handler)
+    try:
+        cli = cli_main([*args, "--trainer.max_steps", "3", "--ckpt_path", "last"])  # as if stopped at step 2 of 4
+    finally:
+        lightning_log.removeHandler(caplog.handler)
     assert cli.trainer.global_step == 3
+    assert f"resumed from {ckpt_dir / 'last.ckpt'} at step 2 (epoch 0)" in caplog.text
     resumed = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 3 and resumed["state_dict"].keys() == first.keys()
     assert any(not torch.equal(resumed["state_dict"][k], first[k]) for k in first)
@@ -68,6 +82,13 @@ def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path, capsys):
     assert "alhpa" in capsys.readouterr().err
 
 
+def test_a_run_that_fails_before_its_first_step_leaves_no_log_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nonexistent.ckpt not found"):
+        cli_main(["fit", "--config", SMOKE, "--model.init_weights", str(tmp_path / "nonexistent.ckpt")])
+    assert not (tmp_path / "runs" / "smoke").exists()
+
+
 def test_data_module_by_short_name_gets_the_model_tokenizer():
     cli = cli_main(["--model.model", "/models/qwen", "--data", "SFTDataModule", "--data.train_files", "[a.jsonl]",
                     "--trainer.logger", "false"], run=False)
@@ -77,7 +98,7 @@ def test_data_module_by_short_name_gets_the_model_tokenizer():
 def run_train(cwd: Path, *args: str) -> None:
     """train.py fit of the smoke config as a command, from `cwd` (where it writes runs/)."""
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", SMOKE,
-               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.max_steps", "4", *args]
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", "4", *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sync_dist=True" not in result.stderr  # GenerationValidation's metrics are synced across ranks
