@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from swaa.eval.haystack import NOISE, SentenceStream, insert_needles
-from swaa.eval.scorers import SCORERS
-from swaa.eval.tasks import TASKS, make_samples, train_answer
+from swaa.tasks.generators import TASKS, make_samples, train_answer
+from swaa.tasks.haystack import NOISE, SentenceStream, insert_needles
+from swaa.tasks.scorers import SCORERS
 
 
 def n_tokens(tokenizer, text: str) -> int:
