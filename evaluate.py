@@ -2,7 +2,8 @@
 
 `python evaluate.py` runs the default grid (swaa/grid.yaml, bundled) on the embedded SmolLM2-135M-Instruct with its
 trained FA-teacher adapter (data/adapters/teacher_fa; `--adapter none` for the bare model) and writes results, tables
-and plots to results/. Finished cells are skipped when re-run with the same settings.
+and plots to results/. Finished cells are skipped when re-run with the same settings; Ctrl-C keeps them (exit
+130), and the same command resumes.
 """
 
 from __future__ import annotations
