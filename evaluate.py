@@ -2,7 +2,8 @@
 
 `python evaluate.py` runs the default grid (swaa/grid.yaml, bundled) on the embedded SmolLM2-135M-Instruct with its
 trained FA-teacher adapter (data/adapters/teacher_fa; `--adapter none` for the bare model) and writes results, tables
-and plots to results/. Finished cells are skipped when re-run with the same settings.
+and plots to results/. Finished cells are skipped when re-run with the same settings; Ctrl-C keeps them (exit
+130), and the same command resumes.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from swaa.eval.generate import DECODE_MODES
+from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
-from swaa.eval.runner import DEFAULT_GRID, GRID_SETTINGS, load_grid, parse_swaa_spec, run_grid
+from swaa.eval.results import RESULTS_FILE
+from swaa.eval.runner import run_grid
+from swaa.generation import DECODE_MODES
 
 # the embedded model's FA teacher (RESULTS.md, issue 6): without it SmolLM2 fails most long-context tasks even with FA
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
@@ -65,25 +68,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        grid_file = args.swaa if args.swaa and args.swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
-        configs, settings = load_grid(grid_file, args.presets)
-        if args.swaa and grid_file == DEFAULT_GRID:
-            configs = parse_swaa_spec(args.swaa, args.presets)
-        if args.configs:
-            unknown = [name for name in args.configs if name not in configs]
-            if unknown:
-                raise ValueError(f"--configs: {unknown} not in the grid; it has {', '.join(configs)}")
-            configs = {name: configs[name] for name in args.configs}
+        configs, grid = select_grid(args.swaa, args.presets, args.configs)
         if args.data:
-            settings.pop("tasks", None)
-            settings.pop("lengths", None)
-        settings.update({k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None})
-        records = run_grid(args.model, args.adapter, configs, scorer=args.scorer, data_file=args.data,
-                           judge_model=args.judge_model, speed=args.speed, out_dir=args.out, device=args.device,
-                           decode=args.decode, **settings)
+            grid = {k: v for k, v in grid.items() if k not in ("tasks", "lengths")}
+        overrides = {k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None}
+        settings = GridSettings(**{**grid, **overrides}, scorer=args.scorer, data_file=args.data,
+                                judge_model=args.judge_model, speed=args.speed, decode=args.decode,
+                                device=args.device, out_dir=args.out)
+        records = run_grid(configs, settings, args.model, args.adapter)
+        paths = write_report(records, args.out)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: error: {e}")
-    paths = write_report(records, args.out)
+    except KeyboardInterrupt:
+        print(f"evaluate.py: interrupted; finished cells are saved in {Path(args.out) / RESULTS_FILE}; run the same "
+              "command again to resume", file=sys.stderr)
+        sys.exit(130)
     print(markdown_table(summary_table(records)))
     print(f"results: {args.out}/results.jsonl (per-sample outputs in {args.out}/samples/)")
     for name, path in paths.items():

@@ -10,9 +10,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
-from swaa.eval.generate import DECODE_MODES, generate_answers
-from swaa.eval.scorers import score
-from swaa.eval.tasks import Sample
+from swaa.generation import DECODE_MODES, generate_answers
+from swaa.tasks.generators import Sample
+from swaa.tasks.scorers import score
 
 log = logging.getLogger(__name__)
 

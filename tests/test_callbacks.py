@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from swaa.callbacks import GenerationValidation
-from swaa.eval.tasks import make_samples
+from swaa.tasks.generators import make_samples
 from swaa.lit import SWAAFineTuner
 
 

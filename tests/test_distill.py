@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_model
 from swaa.data.chat import normalize_record
 from swaa.data.distill import distill, main, read_prompts
-from swaa.eval.generate import generate_answers
+from swaa.generation import generate_answers
 
 PROMPTS = ["hi", "What is the pass key?", "a b c d e f g", "x", "Tell me a story about a cat."]
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from swaa.eval.datasets import load_eval_file
-from swaa.eval.scorers import score
+from swaa.tasks.scorers import score
 
 ROWS = [
     {"id": "q1", "context": "The sky is green here.", "question": "What colour is the sky?", "answer": "green"},

@@ -1,4 +1,5 @@
-"""evaluate.py: bad input exits with a clear message before loading a model; a tiny run prints the table."""
+"""evaluate.py: bad input exits with a clear message before loading a model; a tiny run prints the table; Ctrl-C
+exits 130 with one line, and the same command resumes."""
 
 import subprocess
 import sys
@@ -65,6 +66,32 @@ def test_default_run_on_smollm2(tmp_path):
                              "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| sink_fa_decode_interleave_half |" in result.stdout and (tmp_path / "accuracy.png").is_file()
+
+
+def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
+    """Ctrl-C in the second cell: exit 130, one line on stderr, no traceback; the same command runs only that cell."""
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    argv = ["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", "--tasks", "passkey", "--lengths", "256",
+            "--n", "1", "--max-new-tokens", "2", "--out", str(tmp_path)]
+    generate, calls = runner.generate_answers, []
+
+    def interrupted_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+    monkeypatch.setattr(runner, "generate_answers", interrupted_second_time)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(argv)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"evaluate.py: interrupted; finished cells are saved in {tmp_path / 'results.jsonl'}; run the "
+                       "same command again to resume")
+    assert not any("Traceback" in line for line in err)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1  # the first cell is stored
+    evaluate.main(argv)
+    assert len(calls) == 3  # the resumed run generated only the interrupted cell
+    assert "| fa |" in capsys.readouterr().out
 
 
 def test_default_adapter_is_the_teacher_for_the_embedded_model():

@@ -125,3 +125,13 @@ def test_accuracy_plot_gives_each_configuration_one_distinct_colour(tmp_path):
     assert len({c for cs in by_label.values() for c in cs}) == len(CONFIGS)
     grid = [f"config{i}" for i in range(14)]  # more than tab10's 10 colours
     assert len(set(config_colors(grid).values())) == 14
+
+
+def test_accuracy_legend_is_beside_the_bars(tmp_path):
+    fig = plot_accuracy(_records(tmp_path / "a", speed=False) + _records(tmp_path / "b", speed=False, adapter="/x"))
+    fig.canvas.draw()  # Figure() has an Agg canvas: lay out and render once
+    figure_box = fig.bbox
+    for ax in fig.axes:
+        axes_box, legend_box = ax.get_window_extent(), ax.get_legend().get_window_extent()
+        assert legend_box.x0 >= axes_box.x1  # right of the axes: covers no bar
+        assert legend_box.x1 <= figure_box.x1 and legend_box.y0 >= figure_box.y0  # and not cut off

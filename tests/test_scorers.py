@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_model
 
-from swaa.eval.scorers import SCORERS, JudgeScorer, choice_index, normalize, parse_choice, parse_verdict, score
+from swaa.tasks.scorers import SCORERS, JudgeScorer, choice_index, normalize, parse_choice, parse_verdict, score
 
 UUID = "3f2a1c9e-8b7d-4e6f-a5c4-1d2e3f4a5b6c"
 

@@ -5,7 +5,7 @@ import pytest
 from swaa.data import SyntheticDataModule
 from swaa.data.chat import IGNORE_INDEX
 from swaa.data.synthetic import split_evenly
-from swaa.eval.tasks import Sample, train_answer
+from swaa.tasks.generators import Sample, train_answer
 
 TASKS = ["passkey", "kv_retrieval"]
 

@@ -20,7 +20,7 @@ from swaa import apply_swaa
 from swaa.config import resolve_swaa
 from swaa.data.chat import normalize_record, record_fields
 from swaa.data.sft import load_records
-from swaa.eval.generate import generate_answers
+from swaa.generation import generate_answers
 from swaa.files import truncate_torn_tail
 from swaa.models import load_model, load_tokenizer
 

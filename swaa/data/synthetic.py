@@ -1,4 +1,4 @@
-"""Synthetic long-context DataModule: RULER-style tasks (swaa.eval.tasks) as one-turn chats, generated offline.
+"""Synthetic long-context DataModule: RULER-style tasks (swaa.tasks.generators) as one-turn chats, generated offline.
 
 Train and val samples come from the tasks' disjoint 'train' and 'val' splits; encoded train data is cached.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import datasets
 
 from swaa.data.sft import ChatDataModule, content_digest, encode_messages, tokenizer_digest
-from swaa.eval import haystack as haystack_module
-from swaa.eval import tasks as tasks_module
-from swaa.eval.tasks import TASKS, Sample, make_samples, train_answer
+from swaa.tasks import generators as generators_module
+from swaa.tasks import haystack as haystack_module
+from swaa.tasks.generators import TASKS, Sample, make_samples, train_answer
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when the encoding changes
@@ -33,7 +33,7 @@ class SyntheticDataModule(ChatDataModule):
     """Long-context retrieval tasks for SFT: user = task prompt, assistant = the answers joined by commas.
 
     Args:
-        tasks: task names of `swaa.eval.tasks.TASKS`.
+        tasks: task names of `swaa.tasks.generators.TASKS`.
         lengths: prompt lengths in tokens; samples are spread evenly over every (task, length) pair.
         n_train: training samples in total.
         n_val: validation samples in total.
@@ -78,7 +78,7 @@ class SyntheticDataModule(ChatDataModule):
         return datasets.Dataset.from_list(rows)
 
     def _cache_path(self) -> Path:
-        code = "".join(inspect.getsource(m) for m in (tasks_module, haystack_module))
+        code = "".join(inspect.getsource(m) for m in (generators_module, haystack_module))
         hay = content_digest(self.haystack) if self.haystack is not None else ""
         key = (f"{CACHE_VERSION}|{self.tasks}|{self.lengths}|{self.n_train}|{self.seed}|{hay}|"
                f"{tokenizer_digest(self.tokenizer)}|{code}")

@@ -1,1 +1,2 @@
-"""Long-context evaluation: synthetic tasks, scorers, user eval files, generation and reports."""
+"""Evaluation over a grid of SWAA configurations: the grid and its settings, the runner, speed timing, user eval files,
+the result store, reports and comparisons."""

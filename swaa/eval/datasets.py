@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from swaa.eval.scorers import choice_index
-from swaa.eval.tasks import Sample
+from swaa.tasks.generators import Sample
+from swaa.tasks.scorers import choice_index
 
 log = logging.getLogger(__name__)
 

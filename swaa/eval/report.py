@@ -117,12 +117,14 @@ def config_colors(configs: list[str]) -> dict[str, tuple]:
 
 
 def plot_accuracy(records: list[dict[str, Any]]) -> Figure:
-    """Grouped bars per run: x = prompt length, one bar per configuration (mean over tasks, ± stderr)."""
+    """Grouped bars per run: x = prompt length, one bar per configuration (mean over tasks, ± stderr); each panel's
+    legend sits to the right of its axes, never over the bars."""
     df = records_frame(records)
     df["length"] = df["length"].fillna("file")
     runs = list(dict.fromkeys(df["run"]))
     colors = config_colors(list(dict.fromkeys(df["config"])))
-    fig = Figure(figsize=(max(6.0, 1.2 * df["config"].nunique() * df["length"].nunique()), 3.5 * len(runs)))
+    width_in = max(6.0, 1.2 * df["config"].nunique() * df["length"].nunique()) + 2.5  # + the legend column
+    fig = Figure(figsize=(width_in, 3.5 * len(runs)), layout="constrained")
     for i, run in enumerate(runs):
         ax = fig.add_subplot(len(runs), 1, i + 1)
         g = df[df["run"] == run]
@@ -136,8 +138,7 @@ def plot_accuracy(records: list[dict[str, Any]]) -> Figure:
                    capsize=2, color=colors[config])
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(lengths))], [str(x) for x in lengths])
         ax.set(xlabel="prompt length (tokens)", ylabel="accuracy (%)", ylim=(0, 105), title=run)
-        ax.legend(fontsize="small", ncols=2)
-    fig.tight_layout()
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from swaa.eval.haystack import SPLITS, SentenceStream, insert_needles, random_key, word_pool
+from swaa.tasks.haystack import SPLITS, SentenceStream, insert_needles, random_key, word_pool
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,10 @@
-"""Batched greedy generation of answers to chat prompts, and prefill/decode timing.
+"""Batched greedy generation of answers to chat prompts (evaluation, validation during training, distillation).
 
 Answers come from `model.generate` (decode="generate") or from StaticDecoder steps (decode="static": one CUDA graph
 replay per token on GPU; the same greedy tokens in float32, while in bf16 a near-tie can flip, RESULTS.md).
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 from tqdm.auto import tqdm
@@ -109,55 +107,3 @@ def generate_answers(
         for i, text in zip(idx, texts):
             answers[i] = text.strip()
     return answers
-
-
-def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """(prefill ms, decode ms per token) of one forward over the prompt, then `new_tokens` greedy StaticDecoder steps
-    timed after the first (which captures the CUDA graph)."""
-    cache = DynamicCache(config=model.config)
-    prefill, logits = timed_ms(lambda: forward_with_cache(model, cache, input_ids=input_ids), model.device)
-    with StaticDecoder(model, cache, new_tokens + 1) as decoder:
-        logits = decoder.greedy(logits, 1)
-        decode = timed_ms(lambda: decoder.greedy(logits, new_tokens), model.device)[0] / new_tokens
-    return prefill, decode
-
-
-@torch.inference_mode()
-def measure_speed(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase | None,
-    length: int,
-    new_tokens: int = 32,
-    repeats: int = 3,
-    seed: int = 0,
-    decode: str = "generate",
-) -> dict[str, float | str]:
-    """Batch-1 timing on a random `length`-token prompt, after one warm-up: median prefill ms, decode ms/token.
-
-    decode="generate": prefill is a 1-token generate (SWA prefill), decode the extra time of `new_tokens` more tokens.
-    decode="static": prefill is one forward, decode the StaticDecoder steps (CUDA graph replays on GPU).
-    """
-    if length < 1 or new_tokens < 1 or repeats < 1:
-        raise ValueError(f"measure_speed: length={length}, new_tokens={new_tokens}, repeats={repeats} must be >= 1")
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode={decode!r}: expected one of {DECODE_MODES}")
-    vocab = len(tokenizer) if tokenizer is not None else model.config.vocab_size
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (1, length), generator=gen).to(model.device)
-    attention_mask = torch.ones_like(input_ids)
-
-    def run(n: int) -> None:
-        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
-                       do_sample=False, pad_token_id=0, use_cache=True)  # no padding: pad id unused
-
-    if decode == "static":
-        times = [_static_speed(model, input_ids, new_tokens) for _ in range(1 + repeats)][1:]  # first: warm-up
-    else:
-        run(1 + new_tokens)  # warm-up
-        times = []
-        for _ in range(repeats):
-            one = timed_ms(lambda: run(1), model.device)[0]
-            total = timed_ms(lambda: run(1 + new_tokens), model.device)[0]
-            times.append((one, (total - one) / new_tokens))
-    return {"prefill_ms": statistics.median(t[0] for t in times),
-            "decode_ms_per_token": statistics.median(t[1] for t in times), "decode": decode}

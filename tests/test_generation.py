@@ -1,12 +1,11 @@
-"""Batched greedy generation matches one-by-one generation, static decode matches generate; speed measurement returns
-sane numbers."""
+"""Batched greedy generation matches one-by-one generation, and static decode matches generate."""
 
 import pytest
 import torch
 
 from conftest import tiny_model
 from swaa import SWAAConfig, apply_swaa
-from swaa.eval.generate import _left_pad, chat_token_ids, generate_answers, measure_speed, static_greedy
+from swaa.generation import _left_pad, chat_token_ids, generate_answers, static_greedy
 
 PROMPTS = ["hi", "What is the pass key? " * 6, "a b c d e f g h " * 12, "x", "Tell me a story about a cat."]
 
@@ -81,12 +80,3 @@ def test_bad_batch_size(model, smollm2_tokenizer):
         generate_answers(model, smollm2_tokenizer, PROMPTS, batch_size=0)
     with pytest.raises(ValueError, match="decode='fast'"):
         generate_answers(model, smollm2_tokenizer, PROMPTS, decode="fast")
-
-
-@pytest.mark.parametrize("decode", ["generate", "static"])
-def test_measure_speed(model, decode):
-    speed = measure_speed(model, None, length=64, new_tokens=4, repeats=2, decode=decode)
-    assert set(speed) == {"prefill_ms", "decode_ms_per_token", "decode"} and speed["decode"] == decode
-    assert speed["prefill_ms"] > 0 and speed["decode_ms_per_token"] > 0
-    with pytest.raises(ValueError, match="length=0"):
-        measure_speed(model, None, length=0)

@@ -1,0 +1,138 @@
+"""An evaluation grid: named SWAA configurations (a grid YAML, preset names or inline JSON) and the settings of a run
+(GridSettings, validated at construction)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from swaa import SWAAConfig, load_presets
+from swaa.config import resolve_swaa
+from swaa.generation import DECODE_MODES
+from swaa.tasks.generators import TASKS
+from swaa.tasks.scorers import SCORERS
+
+DEFAULT_GRID = resources.files("swaa") / "grid.yaml"  # evaluate.py's default grid, bundled with the package
+GRID_SETTINGS = ("tasks", "lengths", "n", "seed", "max_new_tokens", "batch_size")  # what a grid YAML may also set
+JUDGE = "judge"
+
+
+def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> dict[str, SWAAConfig]:
+    """A list of preset names, or a mapping of name -> config dict (or preset name), as SWAA configs."""
+    if isinstance(spec, list):
+        spec = {name: name for name in spec}
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"{where}: expected a non-empty list of preset names or a mapping name -> SWAA config")
+    presets = load_presets(presets_path) if any(isinstance(v, str) for v in spec.values()) else {}
+    return {str(name): resolve_swaa(value, presets, f"{where}: config {name}") for name, value in spec.items()}
+
+
+def load_grid(path: str | Path, presets_path: str | Path | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
+    """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read grid file {path}: {e}") from e
+    if not isinstance(data, dict) or "configs" not in data:
+        raise ValueError(f"{path}: expected a mapping with a 'configs' key")
+    unknown = sorted(set(data) - {"configs", *GRID_SETTINGS})
+    if unknown:
+        raise ValueError(f"{path}: unknown grid key(s) {unknown}; allowed: configs, {', '.join(GRID_SETTINGS)}")
+    settings = {k: v for k, v in data.items() if k != "configs"}
+    return _named_configs(data["configs"], presets_path, str(path)), settings
+
+
+def parse_swaa_spec(spec: str, presets_path: str | Path | None = None) -> dict[str, SWAAConfig]:
+    """--swaa value: inline JSON (one config, or name -> config) or comma-separated preset names."""
+    spec = spec.strip()
+    if spec.startswith("{"):
+        try:
+            data = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--swaa {spec!r}: invalid JSON ({e})") from e
+        if not data or set(data) <= {f.name for f in dataclasses.fields(SWAAConfig)}:
+            config = resolve_swaa(data, where="--swaa")
+            return {config.tag: config}
+        return _named_configs(data, presets_path, "--swaa")
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    return _named_configs(names, presets_path, "--swaa")
+
+
+def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
+                names: list[str] | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
+    """(configs, grid settings) of evaluate.py's --swaa (a grid YAML, or a spec with the default grid's settings;
+    None = the default grid) and --configs (these configurations only, by name)."""
+    grid_file = swaa if swaa and swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
+    configs, settings = load_grid(grid_file, presets_path)
+    if swaa and grid_file == DEFAULT_GRID:
+        configs = parse_swaa_spec(swaa, presets_path)
+    if names:
+        unknown = [name for name in names if name not in configs]
+        if unknown:
+            raise ValueError(f"--configs: {unknown} not in the grid; it has {', '.join(configs)}")
+        configs = {name: configs[name] for name in names}
+    return configs, settings
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected an int >= 1")
+
+
+@dataclasses.dataclass
+class GridSettings:
+    """How to run a grid: synthetic `tasks` x `lengths` (n samples each) or the first n samples of `data_file`,
+    greedy answers of up to `max_new_tokens`, scored by each sample's scorer or `scorer` (with `judge_model` for
+    'judge'); `speed` also times prefill and decode; results go to `out_dir`."""
+
+    tasks: list[str] | None = None
+    lengths: list[int] | None = None
+    n: int = 10
+    seed: int = 0
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    scorer: str | None = None
+    data_file: str | Path | None = None
+    judge_model: str | Path | None = None
+    speed: bool = False
+    decode: str = "generate"
+    device: str = "cpu"
+    out_dir: str | Path = "results"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n", "max_new_tokens", "batch_size"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r}: expected an int")
+        if self.data_file is None:
+            if not self.tasks or not self.lengths:
+                raise ValueError(f"tasks={self.tasks!r}, lengths={self.lengths!r}: give tasks and lengths for "
+                                 "synthetic tasks, or a data file")
+            bad = [t for t in self.tasks if t not in TASKS]
+            if bad:
+                raise ValueError(f"unknown task(s) {bad}; allowed: {', '.join(TASKS)}")
+            bad = [x for x in self.lengths if not isinstance(x, int) or isinstance(x, bool) or x < 1]
+            if bad:
+                raise ValueError(f"lengths {bad}: expected ints >= 1")
+        elif self.tasks or self.lengths:
+            raise ValueError(f"data_file={str(self.data_file)!r}: a data file brings its own samples: do not also "
+                             f"give tasks ({self.tasks!r}) or lengths ({self.lengths!r})")
+        if self.scorer is not None and self.scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer!r}; allowed: {', '.join(SCORERS)}")
+        if (self.scorer == JUDGE) != (self.judge_model is not None):
+            raise ValueError(f"scorer={self.scorer!r}, judge_model={self.judge_model!r}: the judge scorer needs a "
+                             "judge model and a judge model needs scorer='judge'")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode={self.decode!r}: expected one of {DECODE_MODES}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"device={self.device!r}: expected a torch device such as cpu, cuda or cuda:1") from e

@@ -1,0 +1,74 @@
+"""The grid: configs from a grid YAML, preset names or inline JSON; GridSettings checks every field when built."""
+
+import pytest
+
+from swaa import SWAAConfig
+from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, load_grid, parse_swaa_spec, select_grid
+from swaa.tasks.generators import TASKS
+
+
+def test_parse_swaa_spec():
+    assert list(parse_swaa_spec("fa, sink")) == ["fa", "sink"]
+    assert parse_swaa_spec('{"window": 64, "sink": 4}') == {"w64-s4": SWAAConfig(window=64, sink=4)}
+    assert parse_swaa_spec('{"mine": {"window": 64}, "base": "fa"}') == {"mine": SWAAConfig(window=64),
+                                                                         "base": SWAAConfig()}
+    with pytest.raises(ValueError, match=r"config nope: unknown SWAA preset 'nope'; choose one of \['fa'"):
+        parse_swaa_spec("fa,nope")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        parse_swaa_spec("{window: 1")
+    with pytest.raises(ValueError, match="SWAAConfig.window=0"):
+        parse_swaa_spec('{"window": 0}')
+
+
+def test_default_grid_names_existing_presets():
+    configs, settings = load_grid(DEFAULT_GRID)
+    assert "fa" in configs and len(configs) >= 4
+    assert set(settings) <= set(GRID_SETTINGS)
+    assert all(t in TASKS for t in settings["tasks"])
+    GridSettings(**settings)  # the default grid's settings are valid
+
+
+def test_load_grid_errors(tmp_path):
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("configs: [fa]\ntemperature: 0.5\n")
+    with pytest.raises(ValueError, match=r"unknown grid key\(s\) \['temperature'\]"):
+        load_grid(bad)
+    with pytest.raises(ValueError, match="cannot read grid file"):
+        load_grid(tmp_path / "absent.yaml")
+
+
+def test_select_grid(tmp_path):
+    default_configs, default_settings = load_grid(DEFAULT_GRID)
+    assert select_grid() == (default_configs, default_settings)
+    configs, settings = select_grid("fa,sink")  # presets keep the default grid's settings
+    assert list(configs) == ["fa", "sink"] and settings == default_settings
+    grid = tmp_path / "mine.yaml"
+    grid.write_text("configs: [fa, naive_swa]\nn: 3\n")
+    assert select_grid(str(grid), names=["naive_swa"]) == ({"naive_swa": default_configs["naive_swa"]}, {"n": 3})
+    with pytest.raises(ValueError, match=r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"):
+        select_grid(str(grid), names=["fa", "bogus"])
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(tasks=["passkey", "nope"]), r"unknown task\(s\) \['nope'\]; allowed: passkey"),
+    (dict(scorer="fuzzy"), r"unknown scorer 'fuzzy'; allowed: exact, contains"),
+    (dict(scorer="judge"), r"scorer='judge', judge_model=None: the judge scorer needs a judge model"),
+    (dict(judge_model="m"), r"scorer=None, judge_model='m': the judge scorer needs a judge model"),
+    (dict(n=0), r"n=0: expected an int >= 1"),
+    (dict(batch_size=True), r"batch_size=True: expected an int >= 1"),
+    (dict(max_new_tokens=2.5), r"max_new_tokens=2.5: expected an int >= 1"),
+    (dict(seed="0"), r"seed='0': expected an int"),
+    (dict(lengths=[0]), r"lengths \[0\]: expected ints >= 1"),
+    (dict(data_file="x.jsonl"), r"data_file='x.jsonl': a data file brings its own samples"),
+    (dict(tasks=None), r"tasks=None, lengths=\[256\]: give tasks and lengths"),
+    (dict(decode="fast"), r"decode='fast': expected one of \('generate', 'static'\)"),
+    (dict(device="gpu0"), r"device='gpu0': expected a torch device"),
+])
+def test_bad_settings_name_field_value_and_range(fields, message):
+    with pytest.raises(ValueError, match=message):
+        GridSettings(**{"tasks": ["passkey"], "lengths": [256], **fields})
+
+
+def test_data_file_settings_need_no_tasks():
+    settings = GridSettings(data_file="qa.jsonl", scorer="exact")
+    assert settings.tasks is None and settings.n == 10
