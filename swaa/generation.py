@@ -10,7 +10,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from swaa.bench.common import timed_ms
 from swaa.models import forward_with_cache
 from swaa.static_decode import StaticDecoder
 

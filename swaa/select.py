@@ -31,7 +31,7 @@ from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
-from swaa.eval.tasks import Sample, make_samples, train_answer  # the one import of the task code
+from swaa.tasks.generators import Sample, make_samples, train_answer
 from swaa.files import write_atomic
 from swaa.integration import answer_start, apply_swaa, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns

@@ -1,30 +1,11 @@
-"""swaa.bench.common: warm-up before the timed calls, min/median, relative error, shapes and random models, metadata."""
+"""swaa.bench.common: relative error, shapes and random models, metadata."""
 
 import pytest
 import torch
 
-from swaa.bench.common import (min_median, model_config, random_model, relative_error, run_metadata, shape_fields,
-                               timed_ms, warm_then_time)
+from swaa.bench.common import model_config, random_model, relative_error, run_metadata, shape_fields
 
 CPU = torch.device("cpu")
-
-
-def test_warm_then_time_runs_the_warmups_untimed_first():
-    calls = []
-    times = warm_then_time(lambda: calls.append(len(calls)), CPU, repeats=3, warmups=2)
-    assert calls == [0, 1, 2, 3, 4] and len(times) == 3 and all(t >= 0 for t in times)
-    for bad in ({"repeats": 0}, {"warmups": 0}):
-        with pytest.raises(ValueError, match="expected both >= 1"):
-            warm_then_time(lambda: None, CPU, **{"repeats": 1, "warmups": 1, **bad})
-
-
-def test_timed_ms_returns_the_result():
-    ms, result = timed_ms(lambda: 42, CPU)
-    assert result == 42 and ms >= 0
-
-
-def test_min_median():
-    assert min_median("x", [3.0, 1.0, 2.0, 10.0]) == {"x": 2.5, "x_min": 1.0, "x_runs": [3.0, 1.0, 2.0, 10.0]}
 
 
 def test_relative_error():

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swaa import SWAAConfig, apply_swaa
 from swaa.checkpoints import FINGERPRINT_KEY, MODULE_PREFIX, atomic_torch_save, make_fingerprint
-from swaa.eval.generate import generate_answers
+from swaa.generation import generate_answers
 from swaa.export import export
 from swaa.lora import LoRASettings, add_lora
 from swaa.models import load_model, load_tokenizer

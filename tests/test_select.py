@@ -8,7 +8,7 @@ import yaml
 from conftest import tiny_model
 
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
-from swaa.eval.runner import parse_swaa_spec
+from swaa.eval.grid import parse_swaa_spec
 from swaa.integration import apply_swaa, remove_swaa
 from swaa.select import (answer_nll, calibration_samples, encode_samples, main, make_batches, periodic_layers,
                          resolve_budget, select_full_layers)

@@ -1,5 +1,5 @@
-"""What every benchmark shares: the timer and its warm-up/repeat summary, run metadata, relative error, the
-random-weight model shapes, and writing results."""
+"""What every benchmark shares besides the timer (swaa/timing.py): run metadata, relative error, the random-weight
+model shapes, and writing results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers
@@ -57,35 +55,6 @@ def random_model(shape: str, dtype: torch.dtype, device: torch.device | str, see
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
-
-
-def timed_ms(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Milliseconds of fn() (CUDA events on GPU, perf_counter elsewhere) and its result."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        result = fn()
-        return (time.perf_counter() - start) * 1e3, result
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    result = fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end), result
-
-
-def warm_then_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmups: int = 1) -> list[float]:
-    """Milliseconds of `repeats` calls of fn(), after `warmups` untimed calls (compilation, allocator growth)."""
-    if repeats < 1 or warmups < 1:
-        raise ValueError(f"repeats={repeats}, warmups={warmups}: expected both >= 1")
-    for _ in range(warmups):
-        fn()
-    return [timed_ms(fn, device)[0] for _ in range(repeats)]
-
-
-def min_median(name: str, values: list[float]) -> dict[str, Any]:
-    """`name` (the median), `name_min` and every value as `name_runs`."""
-    return {name: statistics.median(values), f"{name}_min": min(values), f"{name}_runs": list(values)}
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

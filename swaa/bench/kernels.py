@@ -21,8 +21,9 @@ from swaa.attention import BACKENDS
 from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
-from swaa.bench.common import min_median, relative_error, run_metadata, warm_then_time, write_results
+from swaa.bench.common import relative_error, run_metadata, write_results
 from swaa.masks import dense_mask
+from swaa.timing import min_median, warm_then_time
 
 log = logging.getLogger(__name__)
 WARMUPS = 3  # untimed calls of each kernel before its timed repeats

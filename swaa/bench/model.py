@@ -19,14 +19,14 @@ from transformers import DynamicCache, PreTrainedModel
 
 from swaa.attention import BACKENDS
 from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_list,
-                               min_median, model_config, random_model, relative_error, run_metadata, shape_fields,
-                               timed_ms, write_results)
+                               model_config, random_model, relative_error, run_metadata, shape_fields, write_results)
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.files import write_atomic
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
 from swaa.models import forward_with_cache
 from swaa.static_decode import StaticDecoder
+from swaa.timing import min_median, timed_ms
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import torch
 from peft import PeftModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_list, min_median, random_model,
-                               relative_error, run_metadata, shape_fields, warm_then_time, write_results)
+from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_list, random_model, relative_error,
+                               run_metadata, shape_fields, write_results)
 from swaa.bench.model import BenchConfig, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
@@ -23,6 +23,7 @@ from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa
 from swaa.lora import LoRASettings, add_lora
 from swaa.loss import answer_logits, answer_loss, supervised_columns
+from swaa.timing import min_median, warm_then_time
 
 log = logging.getLogger(__name__)
 WARMUP_STEPS = 2  # untimed steps per config and length: compilation, allocator growth, optimizer state

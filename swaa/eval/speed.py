@@ -13,8 +13,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase,
 
 from swaa.generation import DECODE_MODES
 from swaa.models import forward_with_cache
-from swaa.profiling import timed_ms
 from swaa.static_decode import StaticDecoder
+from swaa.timing import timed_ms
 
 
 class _TokenClock(StoppingCriteria):
