@@ -1,10 +1,11 @@
 """swaa.timing: warm-up before the timed calls, the timer, min/median."""
 
+import pytest
+import torch
 
 from swaa.timing import min_median, timed_ms, warm_then_time
 
 CPU = torch.device("cpu")
-
 
 def test_warm_then_time_runs_the_warmups_untimed_first():
     calls = []
@@ -14,11 +15,9 @@ def test_warm_then_time_runs_the_warmups_untimed_first():
         with pytest.raises(ValueError, match="expected both >= 1"):
             warm_then_time(lambda: None, CPU, **{"repeats": 1, "warmups": 1, **bad})
 
-
 def test_timed_ms_returns_the_result():
     ms, result = timed_ms(lambda: 42, CPU)
     assert result == 42 and ms >= 0
-
 
 def test_min_median():
     assert min_median("x", [3.0, 1.0, 2.0, 10.0]) == {"x": 2.5, "x_min": 1.0, "x_runs": [3.0, 1.0, 2.0, 10.0]}
