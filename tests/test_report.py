@@ -9,7 +9,7 @@ from matplotlib.container import BarContainer
 from swaa import SWAAConfig
 from swaa.eval.report import (config_colors, main, markdown_table, plot_accuracy, records_frame, summary_table,
                                write_report)
-from swaa.eval.results import ResultStore, make_key
+from swaa.eval.results import ResultStore, load_records, make_key
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
 SCORES = {"fa": [1, 1, 1, 0], "naive": [0, 0, 1, 0], "sink": [1, 1, 0, 0]}
@@ -125,3 +125,25 @@ def test_accuracy_plot_gives_each_configuration_one_distinct_colour(tmp_path):
     assert len({c for cs in by_label.values() for c in cs}) == len(CONFIGS)
     grid = [f"config{i}" for i in range(14)]  # more than tab10's 10 colours
     assert len(set(config_colors(grid).values())) == 14
+
+
+def test_fa_run_sets_the_reference_of_every_row(tmp_path):
+    """--fa-run: '% of FA' of a fine-tuned adapter's rows against the teacher's FA row, with the ratio's stderr."""
+    _records(tmp_path / "teacher", speed=False, adapter="data/adapters/teacher")
+    student = _records(tmp_path / "student", speed=False, adapter="data/adapters/student")
+    for r in student:
+        r["accuracy"] = {"fa": 1.0, "naive": 0.5, "sink": 0.75}[r["config_name"]]
+    records = load_records(tmp_path / "teacher") + student
+    table = summary_table(records, fa_run="teacher").set_index(["run", "config"])
+    fa_mean = 0.75
+    assert table.loc[("SmolLM2.gguf + student", "sink"), "% of FA"] == pytest.approx(100 * 0.75 / fa_mean)
+    assert table.loc[("SmolLM2.gguf + student", "fa"), "% of FA"] == pytest.approx(100 / fa_mean)
+    assert table.loc[("SmolLM2.gguf + teacher", "fa"), "% of FA se"] == 0
+    naive = table.loc[("SmolLM2.gguf + student", "naive")]
+    assert naive["% of FA se"] == pytest.approx(100 / fa_mean * math.hypot(naive["mean se"], 0.5 * 0.108253 / fa_mean),
+                                                rel=1e-4)
+    assert summary_table(records).set_index(["run", "config"]).loc[("SmolLM2.gguf + student", "sink"), "% of FA"] == 75
+    with pytest.raises(ValueError, match="fa_run='nobody' matches 0 runs"):
+        summary_table(records, fa_run="nobody")
+    main([str(tmp_path / "teacher"), str(tmp_path / "student"), "--fa-run", "teacher", "--out", str(tmp_path / "r")])
+    assert "% of FA se" in pd.read_csv(tmp_path / "r" / "table.csv").columns
