@@ -1,6 +1,7 @@
 """Report tables (accuracy ± stderr, % of FA, n) and PNG plots from stored records."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -147,3 +148,20 @@ def test_fa_run_sets_the_reference_of_every_row(tmp_path):
         summary_table(records, fa_run="nobody")
     main([str(tmp_path / "teacher"), str(tmp_path / "student"), "--fa-run", "teacher", "--out", str(tmp_path / "r")])
     assert "% of FA se" in pd.read_csv(tmp_path / "r" / "table.csv").columns
+
+
+def test_results_md_tables_are_what_the_report_prints_from_the_records():
+    """RESULTS.md shows each table exactly as `python -m swaa.eval.report` prints it from the committed records."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "RESULTS.md").read_text()
+    teacher, grid, swaa_ft = (root / "records" / name for name in ("smollm2_teacher", "smollm2_grid", "smollm2_swaa_ft"))
+    for folders, fa_run, command in [
+            ([teacher], None, "python -m swaa.eval.report records/smollm2_teacher --out"),
+            ([teacher, grid], None, "python -m swaa.eval.report records/smollm2_teacher records/smollm2_grid --out"),
+            ([teacher, swaa_ft], "teacher_fa_more", "python -m swaa.eval.report records/smollm2_teacher "
+                                                    "records/smollm2_swaa_ft --fa-run teacher_fa_more --out")]:
+        assert command in text
+        assert markdown_table(summary_table(load_records(folders), fa_run)) in text
+    table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
+    headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
+    assert f"{headline['% of FA']:.1f}% ± {headline['% of FA se']:.1f}" == "95.2% ± 1.3" and "95.2% ± 1.3" in text
