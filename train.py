@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,7 +26,8 @@ from swaa.runs import DropFailedStart, last_checkpoints
 
 
 TRAINER_DEFAULTS = {
-    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
+    "default_root_dir": "runs",  # the logger's save_dir follows it (a link), and so do checkpoints without a dirpath
+    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger"},
     "use_distributed_sampler": False,  # the swaa.data loaders split batches over ranks themselves
 }
 
@@ -36,6 +39,16 @@ class SWAACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.init_args.tokenizer")
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+
+    def before_instantiate_classes(self) -> None:
+        """A ModelCheckpoint without `dirpath` writes to <default_root_dir>/<logger name>/checkpoints, one folder for
+        every logger version, so that `--ckpt_path last` finds the last checkpoint of an earlier command."""
+        trainer = self._get(self.config, "trainer")
+        name = (trainer.logger.init_args.name or "") if isinstance(trainer.logger, Namespace) else ""
+        for callback in trainer.callbacks or []:
+            if callback.class_path.endswith(".ModelCheckpoint") and callback.init_args.dirpath is None:
+                callback.init_args.dirpath = os.path.join(trainer.default_root_dir, name, "checkpoints")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer")

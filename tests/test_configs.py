@@ -25,10 +25,26 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["model"] == yaml.safe_load(path.read_text())["model"]["model"]
     monkeypatch.chdir(tmp_path)  # CPU overrides: the GPU configs must still build every object here
-    cli = cli_main(["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"],
-                   run=False)
+    cli = cli_main(["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+                    "--trainer.default_root_dir", str(tmp_path / "out")], run=False)
+    name = yaml.safe_load(path.read_text())["trainer"]["logger"]["init_args"]["name"]  # no output folder hard-coded:
+    assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "out" / name / "checkpoints"
+    assert Path(cli.trainer.logger.log_dir).parent == tmp_path / "out" / name
     assert isinstance(cli.model, SWAAFineTuner) and cli.model.model is None  # built later, in configure_model
     model = cli.model.hparams.model
     assert cli.datamodule.tokenizer_path == model  # linked
     assert cli.trainer.checkpoint_callback.save_last
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+def test_smoke_resumes_from_last_under_another_root_dir(tmp_path, monkeypatch):
+    """--trainer.default_root_dir moves logs and checkpoints, and --ckpt_path last still finds the last checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), "--trainer.default_root_dir", "elsewhere",
+            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "3"]
+    cli_main([*args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
+    cli = cli_main([*args, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 3  # resumed at step 2
+    runs = tmp_path / "elsewhere" / "smoke"
+    assert sorted(p.name for p in runs.iterdir()) == ["checkpoints", "version_0", "version_1"]
+    assert not (tmp_path / "runs").exists()

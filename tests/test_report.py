@@ -1,6 +1,7 @@
 """Report tables (accuracy ± stderr, % of FA, n) and PNG plots from stored records."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ from matplotlib.container import BarContainer
 from swaa import SWAAConfig
 from swaa.eval.report import (config_colors, main, markdown_table, plot_accuracy, records_frame, summary_table,
                                write_report)
-from swaa.eval.results import ResultStore, make_key
+from swaa.eval.results import ResultStore, load_records, make_key
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
 SCORES = {"fa": [1, 1, 1, 0], "naive": [0, 0, 1, 0], "sink": [1, 1, 0, 0]}
@@ -135,3 +136,42 @@ def test_accuracy_legend_is_beside_the_bars(tmp_path):
         axes_box, legend_box = ax.get_window_extent(), ax.get_legend().get_window_extent()
         assert legend_box.x0 >= axes_box.x1  # right of the axes: covers no bar
         assert legend_box.x1 <= figure_box.x1 and legend_box.y0 >= figure_box.y0  # and not cut off
+
+
+def test_fa_run_sets_the_reference_of_every_row(tmp_path):
+    """--fa-run: '% of FA' of a fine-tuned adapter's rows against the teacher's FA row, with the ratio's stderr."""
+    _records(tmp_path / "teacher", speed=False, adapter="data/adapters/teacher")
+    student = _records(tmp_path / "student", speed=False, adapter="data/adapters/student")
+    for r in student:
+        r["accuracy"] = {"fa": 1.0, "naive": 0.5, "sink": 0.75}[r["config_name"]]
+    records = load_records(tmp_path / "teacher") + student
+    table = summary_table(records, fa_run="teacher").set_index(["run", "config"])
+    fa_mean = 0.75
+    assert table.loc[("SmolLM2.gguf + student", "sink"), "% of FA"] == pytest.approx(100 * 0.75 / fa_mean)
+    assert table.loc[("SmolLM2.gguf + student", "fa"), "% of FA"] == pytest.approx(100 / fa_mean)
+    assert table.loc[("SmolLM2.gguf + teacher", "fa"), "% of FA se"] == 0
+    naive = table.loc[("SmolLM2.gguf + student", "naive")]
+    assert naive["% of FA se"] == pytest.approx(100 / fa_mean * math.hypot(naive["mean se"], 0.5 * 0.108253 / fa_mean),
+                                                rel=1e-4)
+    assert summary_table(records).set_index(["run", "config"]).loc[("SmolLM2.gguf + student", "sink"), "% of FA"] == 75
+    with pytest.raises(ValueError, match="fa_run='nobody' matches 0 runs"):
+        summary_table(records, fa_run="nobody")
+    main([str(tmp_path / "teacher"), str(tmp_path / "student"), "--fa-run", "teacher", "--out", str(tmp_path / "r")])
+    assert "% of FA se" in pd.read_csv(tmp_path / "r" / "table.csv").columns
+
+
+def test_results_md_tables_are_what_the_report_prints_from_the_records():
+    """RESULTS.md shows each table exactly as `python -m swaa.eval.report` prints it from the committed records."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "RESULTS.md").read_text()
+    teacher, grid, swaa_ft = (root / "records" / name for name in ("smollm2_teacher", "smollm2_grid", "smollm2_swaa_ft"))
+    for folders, fa_run, command in [
+            ([teacher], None, "python -m swaa.eval.report records/smollm2_teacher --out"),
+            ([teacher, grid], None, "python -m swaa.eval.report records/smollm2_teacher records/smollm2_grid --out"),
+            ([teacher, swaa_ft], "teacher_fa_more", "python -m swaa.eval.report records/smollm2_teacher "
+                                                    "records/smollm2_swaa_ft --fa-run teacher_fa_more --out")]:
+        assert command in text
+        assert markdown_table(summary_table(load_records(folders), fa_run)) in text
+    table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
+    headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
+    assert f"{headline['% of FA']:.1f}% ± {headline['% of FA se']:.1f}" == "95.2% ± 1.3" and "95.2% ± 1.3" in text

@@ -40,7 +40,7 @@ def _flag(args: list[str], name: str) -> str | None:
 def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
     repo, calls = stub_repo
     runs = _run(repo, calls)
-    grid = yaml.safe_load((ROOT / "configs" / "swaa" / "grid_issue6.yaml").read_text())["configs"]
+    grid = yaml.safe_load((ROOT / "configs" / "swaa" / "grid_smollm2.yaml").read_text())["configs"]
     trained, evaluated = [], []
     for args in runs:
         if args[:2] == ["train.py", "fit"]:
@@ -51,8 +51,8 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             assert init is None or str(Path(init).parent) in trained, f"{config} starts from {init}, not trained before"
             if config.stem.startswith("swaa_ft"):
                 assert init == "runs/teacher_fa_more/checkpoints/last.ckpt"  # every SWAA-FT from the final teacher
-            callbacks = yaml.safe_load((ROOT / config).read_text())["trainer"]["callbacks"]
-            trained += [c["init_args"]["dirpath"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+            logger = yaml.safe_load((ROOT / config).read_text())["trainer"]["logger"]["init_args"]
+            trained.append(f"runs/{logger['name']}/checkpoints")  # train.py: <default_root_dir>/<name>/checkpoints
         elif args[0] == "evaluate.py":
             adapter = _flag(args, "--adapter")
             assert str(Path(adapter).parent) in trained, adapter
@@ -61,6 +61,7 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             evaluated.append(_flag(args, "--out"))
         elif args[:2] == ["-m", "swaa.eval.report"]:
             assert set(args[2:args.index("--out")]) == set(evaluated)  # the table holds every evaluation
+            assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA against the teacher every SWAA-FT started from
     assert {f"runs/{run}/checkpoints" for run in ("teacher_fa", "teacher_fa_more", "swaa_ft_fad_half_w1024",
                                                    "swaa_ft_sink_half_w1024")} <= set(trained)
     assert runs[-1][:2] == ["-m", "swaa.eval.report"]

@@ -1,13 +1,14 @@
 """The JSONL result store: resume, no stale reuse, atomic appends and torn-line recovery."""
 
+import gzip
 import json
 import math
 import os
 
 import pytest
 
-from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, make_key,
-                               path_identity, read_jsonl)
+from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, load_samples,
+                               make_key, path_identity, read_jsonl)
 
 
 def _key(**changes):
@@ -114,3 +115,34 @@ def test_path_identity_tracks_file_changes(tmp_path):
 def test_load_records_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results at"):
         load_records(tmp_path / "nowhere")
+
+
+def _compact(folder, out):
+    """The committed-records form of a result folder: results.jsonl pointing into one samples.jsonl.gz."""
+    out.mkdir()
+    records, samples = ResultStore(folder).records(), []
+    for record in records:
+        samples += [{**s, "key_hash": record["key_hash"]} for s in load_samples(folder, record)]
+        record["samples_file"] = "samples.jsonl.gz"
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "samples.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(s) + "\n" for s in samples).encode()))
+
+
+def test_compact_records_read_like_the_store(tmp_path):
+    store = ResultStore(tmp_path / "run")
+    first, second = _add(store, _key()), _add(store, _key(length=2048), scores=[0.0, 1.0])
+    _compact(tmp_path / "run", tmp_path / "compact")
+    compact = {r["key_hash"]: r for r in load_records(tmp_path / "compact")}
+    assert set(compact) == {first["key_hash"], second["key_hash"]}
+    assert [compact[first["key_hash"]][f] for f in ("accuracy", "n", "key")] == [0.75, 4, first["key"]]
+    assert load_samples(tmp_path / "compact", compact[first["key_hash"]]) == [{"i": i} for i in range(4)]
+    assert load_samples(tmp_path / "compact", compact[second["key_hash"]]) == [{"i": 0}, {"i": 1}]
+    with pytest.raises(ValueError, match="2 samples for key_hash .* expected n=3"):
+        load_samples(tmp_path / "compact", {**compact[second["key_hash"]], "n": 3})
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    path = tmp_path / "samples.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"a": 1}\n')[:-6])
+    with pytest.raises(ValueError, match="cannot read results file"):
+        read_jsonl(path)

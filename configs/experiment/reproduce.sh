@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 6 from a fresh clone on one GPU: FA teacher, SWAA fine-tuning (five runs), adapters, the table.
+# The SmolLM2 results of RESULTS.md from a fresh clone on one GPU: the FA teacher (two stages), the five SWAA
+# fine-tunings, their adapters, the evaluations and one table of them all (results/smollm2/table.md).
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
-# Measured on one H200 (RESULTS.md, third to sixth runs): teacher 7.3 min, its continuation 5.3 min, each SWAA-FT
-# 4.5-6.5 min alone, its evaluation about 3 min, a grid configuration about 45 s with --decode static (1-2 min with
-# generate or --speed): 75-90 min in all.
+# Stage times on one H200: teacher 7.3 min, its continuation 5.3 min, each SWAA-FT 4.5-6.5 min alone, its evaluation
+# about 3 min, a grid configuration about 45 s with --decode static (1-2 min with --speed): 75-90 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,13 +41,13 @@ for run in teacher_fa teacher_fa_more $FT_NAMES; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
-GRID="--swaa configs/swaa/grid_issue6.yaml"
+GRID="--swaa configs/swaa/grid_smollm2.yaml"
 for pair in $FT_RUNS; do
   run=${pair%%:*}
   stage "eval_$run" python evaluate.py $EVAL_MODEL --adapter "runs/$run/checkpoints/last.ckpt" $GRID \
     --configs "fa,${pair#*:}" --decode static --out "results/$run"
 done
-stage eval_teacher_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
-  $GRID --decode static --speed --out results/teacher_more
-stage table python -m swaa.eval.report results/teacher_more $(printf 'results/%s ' $FT_NAMES) \
-  --out results/issue6   # table.md, table.csv, accuracy.png, speed.png: RESULTS.md "sixth run"
+stage eval_teacher_fa_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
+  $GRID --decode static --speed --out results/teacher_fa_more
+stage table python -m swaa.eval.report results/teacher_fa_more $(printf 'results/%s ' $FT_NAMES) \
+  --out results/smollm2 --fa-run teacher_fa_more   # table.md, table.csv, accuracy.png, speed.png

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from swaa.eval.results import RESULTS_FILE, read_jsonl
+from swaa.eval.results import RESULTS_FILE, load_samples, read_jsonl
 
 
 def cells(folder: str | Path) -> dict[tuple, dict[str, Any]]:
@@ -18,7 +18,7 @@ def cells(folder: str | Path) -> dict[tuple, dict[str, Any]]:
     out = {}
     for record in read_jsonl(folder / RESULTS_FILE):
         key = record["key"]
-        samples = read_jsonl(folder / record["samples_file"])
+        samples = load_samples(folder, record)
         out[(record["config_name"], key["task"], key["length"])] = {
             **record, "predictions": {s["id"]: s["prediction"] for s in samples}}
     return out

@@ -56,14 +56,27 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df[~dup].reset_index(drop=True)
 
 
-def summary_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA', n, prefill ms per length.
+def _fa_reference_run(df: pd.DataFrame, fa_run: str) -> str:
+    """The one run label that `fa_run` names (the label itself or its adapter's name) and that has FA records."""
+    runs = sorted({run for run in df["run"] if run == fa_run or run.endswith(f" + {fa_run}")})
+    if len(runs) != 1:
+        raise ValueError(f"fa_run={fa_run!r} matches {len(runs)} runs {runs}; expected one of {sorted(set(df['run']))}")
+    if not ((df["run"] == runs[0]) & (df["tag"] == FA_TAG)).any():
+        raise ValueError(f"fa_run={fa_run!r}: run {runs[0]!r} has no full-attention (tag {FA_TAG!r}) records")
+    return runs[0]
 
-    '% of FA' is the mean relative to the mean of the run's full-attention config (tag 'fa') over the same cells;
-    n is the smallest cell's sample count; 'mean se' assumes independent cells.
+
+def summary_table(records: list[dict[str, Any]], fa_run: str | None = None) -> pd.DataFrame:
+    """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA' (and its se), n, prefill ms
+    per length.
+
+    '% of FA' is the mean relative to the mean of the full-attention config (tag 'fa') over the same cells: of the
+    same run, or of the run `fa_run` names (its label or adapter name) for every row. n is the smallest cell's sample
+    count; 'mean se' and '% of FA se' assume independent cells.
     """
     df = records_frame(records)
-    fa = {run: g.set_index("cell")["accuracy"] for run, g in df[df["tag"] == FA_TAG].groupby("run")}
+    fa = {run: g.set_index("cell")[["accuracy", "stderr"]] for run, g in df[df["tag"] == FA_TAG].groupby("run")}
+    reference = {run: run for run in fa} if fa_run is None else dict.fromkeys(df["run"], _fa_reference_run(df, fa_run))
     cells = list(dict.fromkeys(df["cell"]))
     lengths = [x for x in dict.fromkeys(df["length"]) if x is not None and not pd.isna(x)]
     table_rows = []
@@ -74,10 +87,16 @@ def summary_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             row[cell] = by_cell["accuracy"].get(cell, math.nan)
             row[f"{cell} se"] = by_cell["stderr"].get(cell, math.nan)
         row["mean"] = g["accuracy"].mean()
-        fa_cells = fa[run].reindex(g["cell"]) if run in fa else None
-        row["% of FA"] = math.nan if fa_cells is None or fa_cells.isna().any() or fa_cells.mean() <= 0 \
-            else 100 * row["mean"] / fa_cells.mean()
         row["mean se"] = math.sqrt((g["stderr"] ** 2).sum()) / len(g)
+        fa_cells = fa[reference[run]].reindex(g["cell"]) if run in reference else None
+        if fa_cells is None or fa_cells["accuracy"].isna().any() or fa_cells["accuracy"].mean() <= 0:
+            row["% of FA"] = row["% of FA se"] = math.nan
+        else:
+            fa_mean, fa_se = fa_cells["accuracy"].mean(), math.sqrt((fa_cells["stderr"] ** 2).sum()) / len(g)
+            row["% of FA"] = 100 * row["mean"] / fa_mean
+            is_reference = reference[run] == run and row["tag"] == FA_TAG  # a ratio to itself has no error
+            row["% of FA se"] = 0.0 if is_reference else \
+                100 / fa_mean * math.hypot(row["mean se"], row["mean"] * fa_se / fa_mean)
         row["n"] = int(g["n"].min())
         for length in lengths:
             row[f"prefill ms@{length}"] = g.loc[g["length"] == length, "prefill_ms"].median()
@@ -94,7 +113,7 @@ def _fmt(value: float, se: float | None = None) -> str:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """Markdown rendering of `summary_table`: accuracies in percent as 'acc ± stderr'."""
-    cells = [c for c in table.columns if f"{c} se" in table.columns and c != "mean"]
+    cells = [c for c in table.columns if f"{c} se" in table.columns and c not in ("mean", "% of FA")]
     speed = [c for c in table.columns if c.startswith("prefill ms@")]
     multi_run = table["run"].nunique() > 1
     header = (["run"] if multi_run else []) + ["config", *cells, "mean", "% of FA", "n", *speed]
@@ -169,11 +188,12 @@ def _save_png(fig: Figure, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def write_report(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """Write table.md, table.csv, accuracy.png and (with speed data) speed.png to `out_dir`; returns the paths."""
+def write_report(records: list[dict[str, Any]], out_dir: str | Path, fa_run: str | None = None) -> dict[str, Path]:
+    """Write table.md, table.csv, accuracy.png and (with speed data) speed.png to `out_dir`; returns the paths.
+    `fa_run`: see `summary_table`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(records)
+    table = summary_table(records, fa_run)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "accuracy_plot": out / "accuracy.png"}
     write_atomic(paths["markdown"], markdown_table(table))
     write_atomic(paths["csv"], table.to_csv(index=False))
@@ -189,9 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="One report (table.md, table.csv, plots) from several result folders.")
     parser.add_argument("results", nargs="+", help="result folders (or results.jsonl files) of evaluate.py")
     parser.add_argument("--out", required=True, help="folder for table.md, table.csv, accuracy.png (speed.png)")
+    parser.add_argument("--fa-run", help="'%% of FA' against this run's FA row for every row (its label or adapter "
+                        "name, e.g. teacher_fa_more); default: each run's own FA row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in write_report(load_records(args.results), args.out).values():
+    for path in write_report(load_records(args.results), args.out, args.fa_run).values():
         log.info("wrote %s", path)
 
 

@@ -1,10 +1,13 @@
 """JSONL result store: one record per evaluation cell, keyed by every setting that can change its outcome.
 
 Records are appended atomically to `results.jsonl`; per-sample outputs go to `samples/<key-hash>.jsonl`.
+Committed records use a compact form the loaders also read: `samples_file` names one `samples.jsonl.gz` for the
+whole folder, whose lines are the samples of every record, each with its record's `key_hash` added.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -74,11 +77,14 @@ def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
+    """Records of a JSONL file, gzip-compressed if its name ends in .gz; a torn last line (a crash mid-write) is
+    skipped with a warning."""
     path = Path(path)
     try:
         data = path.read_bytes()
-    except OSError as e:
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
         raise ValueError(f"cannot read results file {path}: {e}") from e
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline
@@ -164,3 +170,14 @@ def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any
         for record in read_jsonl(file):
             merged[record["key_hash"]] = record
     return list(merged.values())
+
+
+def load_samples(folder: str | Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-sample outputs of one record of the result folder `folder`, from its own file or the compact .gz."""
+    path = Path(folder) / record["samples_file"]
+    if path.suffix != ".gz":
+        return read_jsonl(path)
+    samples = [s for s in read_jsonl(path) if s.get("key_hash") == record["key_hash"]]
+    if len(samples) != record["n"]:
+        raise ValueError(f"{path}: {len(samples)} samples for key_hash {record['key_hash']}, expected n={record['n']}")
+    return [{k: v for k, v in s.items() if k != "key_hash"} for s in samples]
