@@ -1,0 +1,152 @@
+"""The accuracy-speed frontier: each evaluated configuration's accuracy (% of FA) beside the prefill and decode
+speedup that `python -m swaa.bench model` measured for a configuration with the same fraction of full layers and the
+same FA decode setting (speed depends on how many layers are full, not which), and the headline figure: the largest
+prefill speedup among configurations that keep at least a threshold of FA's accuracy.
+
+    python -m swaa.eval.frontier records/smollm2_teacher records/smollm2_grid \
+        --speed benchmarks/model_h200_qwen3_4b_16k_64k.json --length 65536 --out results/frontier
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from swaa.config import SWAAConfig
+from swaa.eval.report import summary_table
+from swaa.eval.results import load_records
+from swaa.files import write_atomic
+
+log = logging.getLogger(__name__)
+FRACTION_TOLERANCE = 0.05  # an evaluated and a timed configuration match when their full fractions differ by less
+
+
+def full_fraction(config: SWAAConfig, depth: int) -> float:
+    """Share of the `depth` layers that keep full attention (1.0 for plain FA)."""
+    return 1.0 if not config.enabled else len(config.full_layer_indices(depth)) / depth
+
+
+def speed_rows(bench: dict[str, Any], length: int) -> list[dict[str, Any]]:
+    """(full fraction, FA decode, prefill / decode speedup) of every timed SWAA row of a model benchmark at `length`."""
+    depth = bench["meta"]["model"]["num_hidden_layers"]
+    rows = []
+    for r in bench["rows"]:
+        if r["length"] != length or r.get("status") != "ok" or r.get("prefill_speedup") is None:
+            continue
+        config = next(c for c in bench["meta"]["configs"] if c["name"] == r["config"])
+        if config["hf_window"] is not None:
+            continue
+        swaa = SWAAConfig.from_dict(config["swaa"])
+        rows.append({"speed_config": r["config"], "fraction": full_fraction(swaa, depth),
+                     "fa_decode": bool(swaa.fa_decode), "prefill_speedup": r["prefill_speedup"],
+                     "decode_speedup": r.get("static_decode_speedup") or r.get("decode_speedup")})
+    if not rows:
+        raise ValueError(f"the benchmark has no timed rows at length {length}; lengths: "
+                         f"{sorted({r['length'] for r in bench['rows']})}")
+    return rows
+
+
+def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length: int, depth: int,
+                   fa_run: str | None = None) -> pd.DataFrame:
+    """One row per evaluated (run, config): % of FA (and se), full fraction, and the matched speed row's speedups."""
+    table = summary_table(records, fa_run)
+    configs = {r["config_name"]: SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
+    speeds = speed_rows(bench, length)
+    out = []
+    for _, row in table.iterrows():
+        config = configs[row["config"]]
+        fraction = full_fraction(config, depth)
+        match = None if not config.enabled else min(
+            (s for s in speeds if s["fa_decode"] == bool(config.fa_decode)
+             and abs(s["fraction"] - fraction) < FRACTION_TOLERANCE),
+            key=lambda s: abs(s["fraction"] - fraction), default=None)
+        speed = {"speed_config": "fa", "prefill_speedup": 1.0, "decode_speedup": 1.0} if not config.enabled else \
+            {k: match[k] for k in ("speed_config", "prefill_speedup", "decode_speedup")} if match else \
+            {"speed_config": None, "prefill_speedup": math.nan, "decode_speedup": math.nan}
+        out.append({"run": row["run"], "config": row["config"], "tag": row["tag"], "full_fraction": fraction,
+                    "% of FA": row["% of FA"], "% of FA se": row["% of FA se"], **speed})
+    return pd.DataFrame(out)
+
+
+def headline(table: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
+    """The row with the largest prefill speedup among those at >= `threshold` % of FA (FA itself excluded)."""
+    kept = table[(table["% of FA"] >= threshold) & (table["tag"] != "fa") & table["prefill_speedup"].notna()]
+    return None if kept.empty else kept.loc[kept["prefill_speedup"].idxmax()].to_dict()
+
+
+def plot_frontier(table: pd.DataFrame, threshold: float, length: int) -> Figure:
+    """Accuracy (% of FA, ± se) against prefill speedup, one point per evaluated configuration."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    timed = table[table["prefill_speedup"].notna()]
+    ax.errorbar(timed["prefill_speedup"], timed["% of FA"], yerr=timed["% of FA se"], fmt="o", capsize=3)
+    for _, r in timed.iterrows():
+        ax.annotate(f"{r['config']}", (r["prefill_speedup"], r["% of FA"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"prefill speedup over FA at {length // 1024}k tokens")
+    ax.set_ylabel("accuracy, % of FA")
+    return fig
+
+
+def write_frontier(table: pd.DataFrame, threshold: float, length: int, out: str | Path) -> dict[str, Path]:
+    """table.md, table.csv, frontier.png and headline.json in `out`."""
+    out = Path(out)
+    paths = {name: out / file for name, file in (("markdown", "frontier.md"), ("csv", "frontier.csv"),
+                                                  ("plot", "frontier.png"), ("headline", "headline.json"))}
+    write_atomic(paths["markdown"], markdown(table))
+    write_atomic(paths["csv"], table.to_csv(index=False))
+    buf = io.BytesIO()
+    plot_frontier(table, threshold, length).savefig(buf, format="png", dpi=120)
+    write_atomic(paths["plot"], buf.getvalue())
+    write_atomic(paths["headline"], json.dumps({"threshold": threshold, "length": length,
+                                                "best": headline(table, threshold)}, indent=1, default=str) + "\n")
+    return paths
+
+
+def markdown(table: pd.DataFrame) -> str:
+    fmt = lambda v, spec: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)  # noqa
+    lines = ["| run | config | full layers | % of FA | prefill speedup | decode speedup | timed as |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['config']} | {r['full_fraction']:.2f} | {fmt(r['% of FA'], '.1f')} ± "
+              f"{fmt(r['% of FA se'], '.1f')} | {fmt(r['prefill_speedup'], '.2f')}x | {fmt(r['decode_speedup'], '.2f')}x"
+              f" | {r['speed_config'] or 'n/a'} |" for _, r in table.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="results folders or results.jsonl files (evaluate.py --out)")
+    p.add_argument("--speed", required=True, help="JSON of `python -m swaa.bench model` (FA and SWAA rows)")
+    p.add_argument("--length", type=int, default=65536, help="prompt length of the speed rows (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=30, help="layers of the evaluated model (default: %(default)s, SmolLM2)")
+    p.add_argument("--fa-run", help="the run whose FA row is every row's reference (default: each run's own)")
+    p.add_argument("--threshold", type=float, default=95.0, help="%% of FA to keep (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for frontier.md, frontier.csv, frontier.png, headline.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        bench = json.loads(Path(args.speed).read_text())
+        table = frontier_table(load_records(args.results), bench, args.length, args.depth, args.fa_run)
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"swaa.eval.frontier: error: {e}")
+    paths = write_frontier(table, args.threshold, args.length, args.out)
+    print(markdown(table))
+    best = headline(table, args.threshold)
+    print(f"largest prefill speedup at >= {args.threshold:g}% of FA: " + (
+        "none" if best is None else f"{best['prefill_speedup']:.2f}x ({best['config']}, {best['% of FA']:.1f}%)"))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""swaa.eval.frontier: accuracy (% of FA) matched to the speed of the same fraction of full layers and FA decode."""
+
+import json
+
+import pytest
+
+from swaa import SWAAConfig
+from swaa.eval.frontier import frontier_table, full_fraction, headline, main
+from swaa.eval.results import ResultStore, make_key
+
+# evaluated on a 8-layer model: accuracy per config (every cell)
+EVALUATED = {"fa": (SWAAConfig(), 0.8), "all_swa": (SWAAConfig(window=16), 0.2),
+             "quarter_fad": (SWAAConfig(window=16, fa_decode=True, full_layers=[2, 5]), 0.78),
+             "half_fad": (SWAAConfig(window=16, fa_decode=True, full_layers="odd"), 0.8),
+             "half": (SWAAConfig(window=16, full_layers="odd"), 0.7)}
+# timed on a 36-layer shape: (full_layers, fa_decode, prefill speedup at 65536)
+TIMED = {"fa": (None, False, 1.0), "swa_all": ([], False, 2.2), "swa_quarter_fad": ("every:4:from:3", True, 1.7),
+         "swa_half_fad": ("odd", True, 1.4), "swa_half": ("odd", False, 1.41)}
+
+
+def records(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    for name, (config, accuracy) in EVALUATED.items():
+        for task in ("passkey", "niah_single"):
+            key = make_key(model="/m/model.gguf", model_id="id", adapter=None, adapter_id=None, swaa_tag=config.tag,
+                           swaa=config.to_dict(), task=task, length=1024, n=10, seed=0, max_new_tokens=8,
+                           prompt_template="t", scorer="contains", data_id=None)
+            store.add(key, [1.0] * int(10 * accuracy) + [0.0] * (10 - int(10 * accuracy)), [{}] * 10, 1.0,
+                      config_name=name)
+    return store.records()
+
+
+def bench_json():
+    configs, rows = [], []
+    for name, (full_layers, fad, speedup) in TIMED.items():
+        swaa = SWAAConfig() if full_layers is None else SWAAConfig(window=2048, sink=64, fa_decode=fad,
+                                                                     full_layers=full_layers)
+        configs.append({"name": name, "swaa": swaa.to_dict(), "hf_window": None})
+        for length, factor in ((65536, 1.0), (131072, 1.5)):
+            rows.append({"config": name, "length": length, "status": "ok", "prefill_speedup": speedup * factor,
+                         "decode_speedup": 1.0, "static_decode_speedup": 1.1})
+    return {"meta": {"model": {"num_hidden_layers": 36}, "configs": configs}, "rows": rows}
+
+
+def test_full_fraction():
+    assert full_fraction(SWAAConfig(), 30) == 1.0
+    assert full_fraction(SWAAConfig(window=8, full_layers="odd"), 30) == 0.5
+    assert full_fraction(SWAAConfig(window=8, full_layers="every:4:from:3"), 30) == pytest.approx(7 / 30)
+
+
+def test_each_config_gets_the_speed_of_its_fraction_and_fa_decode(tmp_path):
+    table = frontier_table(records(tmp_path), bench_json(), 65536, depth=8).set_index("config")
+    assert table.loc["quarter_fad", "speed_config"] == "swa_quarter_fad"  # 2 of 8 layers ~ 9 of 36
+    assert table.loc["half_fad", "speed_config"] == "swa_half_fad"
+    assert table.loc["half", "speed_config"] == "swa_half"  # FA decode off: the row without it
+    assert table.loc["all_swa", "prefill_speedup"] == pytest.approx(2.2)
+    assert table.loc["fa", "prefill_speedup"] == 1.0
+    assert table.loc["quarter_fad", "% of FA"] == pytest.approx(100 * 0.7 / 0.8)  # int(7.8) = 7 of 10 correct
+    long = frontier_table(records(tmp_path), bench_json(), 131072, depth=8).set_index("config")
+    assert long.loc["half_fad", "prefill_speedup"] == pytest.approx(1.4 * 1.5)
+
+
+def test_headline_is_the_fastest_config_that_keeps_the_threshold(tmp_path):
+    table = frontier_table(records(tmp_path), bench_json(), 65536, depth=8)
+    assert headline(table, 95.0)["config"] == "half_fad"  # 100% of FA at 1.4x; quarter_fad keeps only 87.5%
+    assert headline(table, 85.0)["config"] == "quarter_fad"
+    assert headline(table, 101.0) is None
+
+
+def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
+    records(tmp_path)
+    (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
+    main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8", "--out",
+          str(tmp_path / "out")])
+    assert "largest prefill speedup at >= 95% of FA: 1.40x (half_fad, 100.0%)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "headline.json").read_text())["best"]["config"] == "half_fad"
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no timed rows at length 1000"):
+        main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--length", "1000", "--out",
+              str(tmp_path / "x")])
