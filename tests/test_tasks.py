@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from swaa.tasks.generators import TASKS, make_samples, train_answer
-from swaa.tasks.haystack import NOISE, SentenceStream, insert_needles
+from swaa.tasks.generators import SIMILAR_KEY_WORDINGS, TASKS, make_samples, train_answer
+from swaa.tasks.haystack import NOISE, SentenceStream, insert_needles, word_pool
 from swaa.tasks.scorers import SCORERS
 
 
@@ -17,7 +17,8 @@ def n_tokens(tokenizer, text: str) -> int:
 def test_registry_has_all_tasks_and_variants():
     for base in ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery"):
         assert {base, f"{base}:words", f"{base}:uuids"} <= set(TASKS)
-    assert {"passkey", "kv_retrieval", "variable_tracking", "common_words"} <= set(TASKS)
+    assert {"passkey", "kv_retrieval", "variable_tracking", "common_words", "niah_similar",
+            "niah_similar_story"} <= set(TASKS)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -62,7 +63,8 @@ def _context(prompt: str) -> str:
     return context
 
 
-@pytest.mark.parametrize("task", ["passkey", "niah_single:words", "niah_multikey", "variable_tracking"])
+@pytest.mark.parametrize("task", ["passkey", "niah_single:words", "niah_multikey", "variable_tracking",
+                                  "niah_similar"])
 def test_first_needle_at_stated_depth(task, smollm2_tokenizer):
     samples = make_samples(task, 11, 4096, smollm2_tokenizer)
     for sample in samples:
@@ -94,6 +96,60 @@ def test_multi_needle_tasks(smollm2_tokenizer):
     assert multikey.prompt.count("One of the special magic uuids for") == 4 and len(multikey.answers) == 1
     multiquery = make_samples("niah_multiquery:words", 1, 2048, smollm2_tokenizer)[0]
     assert len(multiquery.answers) == 4 and all("-" in a for a in multiquery.answers)
+
+
+def _needles(task: str, prompt: str) -> dict[str, tuple[str, int]]:
+    """key -> (value, start of the needle in the prompt) for a similar-key task's needles."""
+    pattern = re.escape(SIMILAR_KEY_WORDINGS[task].needle).replace(r"\{key\}", r"(\w+ \w+)")
+    pattern = pattern.replace(r"\{value\}", r"(\d+)")
+    return {m.group(1): (m.group(2), m.start()) for m in re.finditer(pattern, prompt)}
+
+
+@pytest.mark.parametrize("length", [4096, 7680])
+@pytest.mark.parametrize("task", list(SIMILAR_KEY_WORDINGS))
+def test_similar_key_distractors_and_their_side_of_the_window(task, length, smollm2_tokenizer):
+    """The answer is the asked key's value; each distractor shares one word with that key and has another value; even
+    samples put the true needle over 1024 tokens before the end and a distractor within the last 512, odd ones the
+    other way round."""
+    wording = SIMILAR_KEY_WORDINGS[task]
+    samples = make_samples(task, 4, length, smollm2_tokenizer, seed=5)
+    assert samples == make_samples(task, 4, length, smollm2_tokenizer, seed=5)
+    for index, sample in enumerate(samples):
+        asked = re.search(re.escape(wording.question).replace(r"\{key\}", r"(\w+ \w+)"), sample.prompt).group(1)
+        needles = _needles(task, sample.prompt)
+        assert len(needles) == 4 and len({value for value, _ in needles.values()}) == 4
+        assert sample.answers == [needles[asked][0]] and len(sample.answers[0]) == wording.digits
+        assert SCORERS[sample.scorer](f"{sample.answers[0]}.", sample.answers, None) == 1.0
+        for key, (value, _) in needles.items():
+            if key != asked:
+                assert len(set(key.split()) & set(asked.split())) == 1, (key, asked)
+                assert SCORERS[sample.scorer](value, sample.answers, None) == 0.0
+
+        def tokens_after(position: int) -> int:
+            return n_tokens(smollm2_tokenizer, sample.prompt[position:])
+        needle_length = n_tokens(smollm2_tokenizer, wording.needle.format(key=asked, value=sample.answers[0]))
+        true_start = needles[asked][1]
+        distractor_starts = [start for key, (_, start) in needles.items() if key != asked]
+        if index % 2 == 0:
+            assert tokens_after(true_start) - needle_length > 1024
+            assert min(tokens_after(start) for start in distractor_starts) < 512
+        else:
+            assert tokens_after(true_start) < 512
+            assert max(tokens_after(start) for start in distractor_starts) - needle_length > 1024
+        assert 0.9 * length <= n_tokens(smollm2_tokenizer, sample.prompt) <= length
+
+
+def test_held_out_similar_key_task_has_its_own_wording(smollm2_tokenizer):
+    """No fixed phrase (3+ words) of one task's intro, needle or question occurs in the other's prompts, and the key
+    words are the task's own: disjoint from the other task's and from the filler's."""
+    train, held_out = SIMILAR_KEY_WORDINGS["niah_similar"], SIMILAR_KEY_WORDINGS["niah_similar_story"]
+    for task, wording, other in [("niah_similar", train, held_out), ("niah_similar_story", held_out, train)]:
+        prompt = make_samples(task, 1, 1024, smollm2_tokenizer)[0].prompt
+        phrases = [phrase.strip() for text in (other.intro, other.needle, other.question)
+                   for phrase in re.split(r"\{key\}|\{value\}|(?<=[.?;])\s", text) if len(phrase.split()) >= 3]
+        assert len(phrases) >= 5 and not [phrase for phrase in phrases if phrase in prompt]
+        assert not set(wording.first + wording.second) & set(other.first + other.second)
+        assert not set(wording.first + wording.second) & set(word_pool())
 
 
 def test_variable_tracking_chain_resolves(smollm2_tokenizer):

@@ -1,5 +1,6 @@
 """RULER-style synthetic long-context tasks (passkey, needle-in-a-haystack, KV retrieval, variable tracking, common
-words), generated offline and deterministically from (task, length, seed, split, index) for evaluation and training.
+words) and similar-key retrieval (distractor needles share a word with the asked key), generated offline and
+deterministically from (task, length, seed, split, index) for evaluation and training.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 SINGLE_NEEDLE_DEPTHS = tuple(i / 10 for i in range(11))  # single needles cycle through these over sample indices
 VALUE_KINDS = ("numbers", "words", "uuids")
 _FIT_STEPS = 12
+# Similar-key needles go early (over 1024 tokens before the question at 4k-8k tokens) or late (within the last 512
+# tokens at 4k-8k): a sliding window sees the late ones only.
+EARLY_DEPTHS = (0.02, 0.55)
+LATE_DEPTHS = (0.95, 1.0)
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,73 @@ def _common_words(rng: random.Random, hay: SentenceStream, index: int, *, top: i
     return _Draft(render, common, "all_of", None)
 
 
+@dataclass(frozen=True)
+class SimilarKeyWording:
+    """Texts and key words of a similar-key task; keys are '{first} {second}' word pairs, values `digits` long."""
+
+    intro: str
+    needle: str  # with {key} and {value}
+    question: str  # with {key}
+    first: tuple[str, ...]
+    second: tuple[str, ...]
+    digits: int
+
+
+# Key words are disjoint from the filler's words (haystack.py), so only the needles name them, and between the tasks.
+SIMILAR_KEY_WORDINGS = {
+    "niah_similar": SimilarKeyWording(
+        intro=("Some special magic numbers are hidden within the following text, each for an animal of some colour. "
+               "Make sure to memorize them. I will quiz you about one of them afterwards."),
+        needle="The special magic number for the {key} is: {value}.",
+        question=("What is the special magic number for the {key} mentioned in the provided text? "
+                  "Answer with only the number."),
+        first=tuple("""amber azure beige cerulean charcoal coral crimson cyan ebony emerald indigo ivory jade khaki
+            lavender lilac magenta maroon mauve ochre olive peach plum russet saffron scarlet sepia taupe teal umber
+            violet""".split()),
+        second=tuple("""badger beaver bison camel cobra crane donkey ferret gecko goose heron hyena ibis jackal koala
+            lemur llama lynx marmot mole moose newt ocelot otter owl panda parrot puffin raven salmon stork swan tapir
+            toad viper walrus weasel yak zebra""".split()),
+        digits=7),
+    "niah_similar_story": SimilarKeyWording(
+        intro=("Below is a long story about a small town. Several of its places are given door codes along the way; "
+               "read closely, because you will be asked for one code at the end."),
+        needle="A note pinned to the gate of the {key} said that its door code was {value}.",
+        question="In the story, what was the door code of the {key}? Reply with the code and nothing else.",
+        first=tuple("""birch brass bronze cedar chalk clay copper cotton flint granite hemp iron leather linen maple oak
+            pewter pine quartz slate steel tin walnut willow wool zinc""".split()),
+        second=tuple("""abbey bakery barn brewery chapel dairy ferry forge foundry granary inn kiln lighthouse lodge
+            manor mill pier quarry smithy tannery tavern vineyard warehouse wharf workshop""".split()),
+        digits=6),
+}
+
+
+def _similar_keys(rng: random.Random, wording: SimilarKeyWording, distractors: int) -> list[str]:
+    """The asked key, then `distractors` distinct keys that share exactly one word with it: the first distractor its
+    first word, the second its second word, the rest either."""
+    first, second = rng.choice(wording.first), rng.choice(wording.second)
+    shares_first = [i % 2 == 0 if i < 2 else rng.random() < 0.5 for i in range(distractors)]
+    other_seconds = iter(rng.sample([w for w in wording.second if w != second], sum(shares_first)))
+    other_firsts = iter(rng.sample([w for w in wording.first if w != first], distractors - sum(shares_first)))
+    pairs = [(first, next(other_seconds)) if share else (next(other_firsts), second) for share in shares_first]
+    return [f"{a} {b}" for a, b in [(first, second), *pairs]]
+
+
+def _similar_key_niah(rng: random.Random, hay: SentenceStream, index: int, *, wording: SimilarKeyWording,
+                      distractors: int = 3) -> _Draft:
+    """One asked key among distractor needles that share one word with it. Even indices put the true needle early
+    (outside a sliding window) and a distractor late (inside it); odd indices the other way round; the remaining
+    distractors go anywhere."""
+    keys = _similar_keys(rng, wording, distractors)
+    values = _distinct(lambda: str(rng.randint(10 ** (wording.digits - 1), 10 ** wording.digits - 1)), len(keys),
+                       set())
+    true_span, counter_span = (EARLY_DEPTHS, LATE_DEPTHS) if index % 2 == 0 else (LATE_DEPTHS, EARLY_DEPTHS)
+    spans = [true_span, counter_span] + [(EARLY_DEPTHS[0], LATE_DEPTHS[1])] * (distractors - 1)
+    depths = [round(rng.uniform(*span), 3) for span in spans]
+    needles = [(d, wording.needle.format(key=key, value=value)) for d, key, value in zip(depths, keys, values)]
+    question = wording.question.format(key=keys[0])
+    return _Draft(_haystack_render(wording.intro, question, needles, hay), [values[0]], "exact", depths[0])
+
+
 def _registry() -> dict[str, Generator]:
     tasks: dict[str, Generator] = {"passkey": _passkey}
     shapes = {"niah_single": (1, 1, 1), "niah_multikey": (4, 1, 1), "niah_multivalue": (1, 4, 1),
@@ -195,6 +267,8 @@ def _registry() -> dict[str, Generator]:
             full = name if kind == "numbers" else f"{name}:{kind}"
             tasks[full] = functools.partial(_niah, keys=keys, values=values, queries=queries, kind=kind)
     tasks.update(kv_retrieval=_kv_retrieval, variable_tracking=_variable_tracking, common_words=_common_words)
+    for name, wording in SIMILAR_KEY_WORDINGS.items():
+        tasks[name] = functools.partial(_similar_key_niah, wording=wording)
     return tasks
 
 
