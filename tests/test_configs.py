@@ -41,7 +41,7 @@ def test_smoke_resumes_from_last_under_another_root_dir(tmp_path, monkeypatch):
     """--trainer.default_root_dir moves logs and checkpoints, and --ckpt_path last still finds the last checkpoint."""
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), "--trainer.default_root_dir", "elsewhere",
-            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "3"]
+            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "3"]
     cli_main([*args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
     cli = cli_main([*args, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--ckpt_path", "last"])
     assert cli.trainer.global_step == 3  # resumed at step 2
