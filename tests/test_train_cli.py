@@ -171,7 +171,7 @@ def test_main_turns_user_errors_into_one_line(tmp_path, monkeypatch, extra, mess
 def test_ctrl_c_prints_what_was_saved_and_exits_130_then_the_run_resumes(tmp_path, monkeypatch):
     """SIGINT after the first checkpoint: one line naming last.ckpt and --ckpt_path last (not Lightning's notice and
     exit 1, nor a traceback); the command it names resumes from there."""
-    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.max_steps", "4",
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "4",
             "--trainer.max_steps", "100000", "--data.init_args.n_train", "400"]
     last = tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, stderr=subprocess.PIPE,
