@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
+from swaa.cli import int_values, split_values
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
 from swaa.generation import DECODE_MODES
 
-# the embedded model's FA teacher (RESULTS.md, issue 6): without it SmolLM2 fails most long-context tasks even with FA
+# the embedded model's FA teacher (RESULTS.md): without it SmolLM2 fails most long-context tasks even with FA
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
 
 
@@ -51,16 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
-    args.tasks, args.configs = split(args.tasks), split(args.configs)
+    args.tasks, args.configs = split_values(args.tasks), split_values(args.configs)
     if args.adapter is None and args.model is None:
         args.adapter = str(DEFAULT_ADAPTER)
     elif args.adapter == "none":
         args.adapter = None
-    try:
-        args.lengths = None if args.lengths is None else [int(v) for v in split(args.lengths)]
-    except ValueError:
-        p.error(f"--lengths: expected integers, got {' '.join(args.lengths)}")
+    args.lengths = int_values(p, "--lengths", args.lengths)
     return args
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa.checkpoints import load_adapter
+from swaa.cli import int_values, split_values
 from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
@@ -386,12 +387,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
     p.add_argument("--out", required=True, help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
     args = p.parse_args(argv)
-    split = lambda values: None if values is None else [v for value in values for v in value.split(",") if v]  # noqa
-    args.tasks = split(args.tasks)
-    try:
-        args.lengths = None if args.lengths is None else [int(v) for v in split(args.lengths)]
-    except ValueError:
-        p.error(f"--lengths: expected integers, got {' '.join(args.lengths)}")
+    args.tasks = split_values(args.tasks)
+    args.lengths = int_values(p, "--lengths", args.lengths)
     return args
 
 
