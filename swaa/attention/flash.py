@@ -66,6 +66,18 @@ class _Call:
     k_span: tuple[int, int] | None
 
 
+@dataclasses.dataclass
+class Plan:
+    """The calls of one forward: a windowed call for SWA rows and a causal call for full rows (by name), and for sink
+    keys their slot per sequence (B, S), the rows that see all S sinks (one varlen call) and the edge rows that see
+    only some of them ((batch, query) indices)."""
+
+    calls: dict[str, _Call]
+    sink_idx: torch.Tensor | None = None
+    bulk_call: _Call | None = None
+    edge_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def _plan_call(q_sel: torch.Tensor, k_sel: torch.Tensor) -> _Call:
     nq, nk = q_sel.sum(1, dtype=torch.int32), k_sel.sum(1, dtype=torch.int32)
     nq, nk = nq[nq > 0], nk[nq > 0]  # sequences without queries in this call have no keys in it either
@@ -97,7 +109,7 @@ def _unpack(out: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | None, 
         out[sel] = packed
 
 
-def _plan(x: LayerInputs) -> dict:
+def _plan(x: LayerInputs) -> Plan:
     """Split queries into SWA rows (windowed call) and full rows (causal call); pick each call's contiguous keys."""
     q_valid, k_valid = x.q_pos >= 0, x.k_pos >= 0
     full_row = q_valid if x.kind == "full" else q_valid & (x.q_pos >= x.prompt_len[:, None]) \
@@ -114,25 +126,25 @@ def _plan(x: LayerInputs) -> dict:
             q_first = torch.where(rows, x.q_pos, big).amin(1, keepdim=True)
             k_first = (q_first - x.window + 1).clamp(min=0)
         calls[name] = _plan_call(rows, k_valid & (x.k_pos >= k_first) & (x.k_pos <= q_last))
-    plan = {"calls": calls}
+    plan = Plan(calls)
     sees_sink = swa_row & (x.q_pos >= x.window)  # some sink key j < S lies left of the window: j <= i - W
     if x.sink and bool(sees_sink.any()):
         # slot of each sink position j < S per row (B, S); rows reaching i >= W + S - 1 see all S sinks
         match = x.k_pos[:, None, :] == torch.arange(x.sink, device=x.k_pos.device)[None, :, None]
         bulk = sees_sink & (x.q_pos >= x.window + x.sink - 1)
-        plan["sink_idx"] = match.int().argmax(-1)
+        plan.sink_idx = match.int().argmax(-1)
         edge = (sees_sink & ~bulk).nonzero(as_tuple=True)  # (batch, query) indices; host syncs once per forward
-        plan["edge_rows"] = edge if len(edge[0]) else None
+        plan.edge_rows = edge if len(edge[0]) else None
         if bool(bulk.any()):
             has = bulk.any(1, keepdim=True).expand(-1, x.sink)
-            plan["bulk_call"] = _plan_call(bulk, has)
+            plan.bulk_call = _plan_call(bulk, has)
     return plan
 
 
-def _sink_keys(k_t, v_t, x: LayerInputs, plan: dict):
+def _sink_keys(k_t, v_t, x: LayerInputs, plan: Plan):
     """The S sink keys and values of each sequence (B, S, Hkv, D), and their gather index."""
     b, _, hkv, d = k_t.shape
-    idx = plan["sink_idx"][:, :, None, None].expand(b, x.sink, hkv, d)
+    idx = plan.sink_idx[:, :, None, None].expand(b, x.sink, hkv, d)
     return k_t.gather(1, idx), v_t.gather(1, idx), idx
 
 
@@ -146,7 +158,7 @@ def _edge_scores(q_t, ks, vs, x: LayerInputs, rows, scale: float, acc: torch.dty
     return q_e, k_e, v_e, scores
 
 
-def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
+def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: Plan, scale: float, varlen):
     """Attention of SWA rows to the sink keys left of their window: out (B, Lq, Hq, D), lse (B, Lq, Hq) (-inf: none).
 
     Rows with i >= W + S - 1 see all S sinks: one non-causal flash call. The < S-1 rows before them: dense float32.
@@ -156,14 +168,14 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     acc = torch.promote_types(q_t.dtype, torch.float32)  # float32, or float64 for float64 inputs
     out = q_t.new_zeros(b, lq, hq, d)
     lse = q_t.new_full((b, lq, hq), float("-inf"), dtype=acc)
-    if "bulk_call" in plan:
-        c = plan["bulk_call"]
+    if plan.bulk_call is not None:
+        c = plan.bulk_call
         o, o_lse = varlen(_pack(q_t, c.q_sel, c.q_span), ks[c.k_sel], vs[c.k_sel], c.cu_q, c.cu_k, c.max_q, c.max_k,
                           scale, None, causal=False)
         _unpack(out, c.q_sel, c.q_span, o)
         _unpack(lse, c.q_sel, c.q_span, o_lse.transpose(0, 1))
-    if plan["edge_rows"] is not None:
-        rows = plan["edge_rows"]  # (batch index, query index) of each edge row
+    if plan.edge_rows is not None:
+        rows = plan.edge_rows  # (batch index, query index) of each edge row
         _, _, v_e, scores = _edge_scores(q_t, ks, vs, x, rows, scale, acc)
         l_e = scores.logsumexp(-1)  # (E, Hkv, G)
         o_e = torch.einsum("ehgs,eshd->ehgd", torch.softmax(scores, -1), v_e)
@@ -171,22 +183,22 @@ def _sink_part(q_t, k_t, v_t, x: LayerInputs, plan: dict, scale: float, varlen):
     return out, lse
 
 
-def _sink_backward(d_out, q_t, k_t, v_t, out, lse, x: LayerInputs, plan: dict, scale: float, varlen_bwd, grads):
+def _sink_backward(d_out, q_t, k_t, v_t, out, lse, x: LayerInputs, plan: Plan, scale: float, varlen_bwd, grads):
     """Add the sink keys' share of the gradients to `grads` (dq, dk, dv), given the merged output and LSE."""
     dq, dk, dv = grads
     hq, d, hkv = q_t.shape[2], q_t.shape[3], k_t.shape[2]
     ks, vs, idx = _sink_keys(k_t, v_t, x, plan)
     dks, dvs = torch.zeros_like(ks, dtype=dk.dtype), torch.zeros_like(vs, dtype=dv.dtype)
-    if "bulk_call" in plan:
-        c = plan["bulk_call"]
+    if plan.bulk_call is not None:
+        c = plan.bulk_call
         g_q, g_k, g_v = varlen_bwd(*(_pack(t, c.q_sel, c.q_span) for t in (d_out, q_t)), ks[c.k_sel], vs[c.k_sel],
                                    _pack(out, c.q_sel, c.q_span), _pack(lse, c.q_sel, c.q_span).transpose(0, 1),
                                    c.cu_q, c.cu_k, c.max_q, c.max_k, scale, None, causal=False)
         _accumulate(dq, c.q_sel, c.q_span, g_q)
         dks[c.k_sel] += g_k.to(dks.dtype)
         dvs[c.k_sel] += g_v.to(dvs.dtype)
-    if plan["edge_rows"] is not None:
-        rows = plan["edge_rows"]
+    if plan.edge_rows is not None:
+        rows = plan.edge_rows
         q_e, k_e, v_e, scores = _edge_scores(q_t, ks, vs, x, rows, scale, dq.dtype)
         p = torch.exp(scores - lse[rows].view(-1, hkv, hq // hkv, 1))  # probabilities within the whole row
         d_o, o_e = (t[rows].to(dq.dtype).view(q_e.shape) for t in (d_out, out))
@@ -255,14 +267,14 @@ class _FlashSWAA(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-def flash_forward(query, key, value, x: LayerInputs, plan: dict, scale: float, varlen=flash_varlen):
+def flash_forward(query, key, value, x: LayerInputs, plan: Plan, scale: float, varlen=flash_varlen):
     """Window call for SWA rows, causal call for full rows, then the sink keys merged in by log-sum-exp.
 
     Returns out (B, Lq, Hq, D) and each row's log-sum-exp over all its keys (B, Lq, Hq; -inf for padding rows).
     """
     b, hq, lq, d = query.shape
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
-    calls = plan["calls"]
+    calls = plan.calls
     whole = len(calls) == 1 and next(iter(calls.values())).q_span == (0, lq)
     out = None if whole else query.new_zeros(b, lq, hq, d)
     lse_all = query.new_full((b, lq, hq), float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
@@ -274,7 +286,7 @@ def flash_forward(query, key, value, x: LayerInputs, plan: dict, scale: float, v
         else:
             _unpack(out, c.q_sel, c.q_span, o)
         _unpack(lse_all, c.q_sel, c.q_span, lse.transpose(0, 1))
-    if "sink_idx" in plan:
+    if plan.sink_idx is not None:
         o_sink, lse_sink = _sink_part(q_t, k_t, v_t, x, plan, scale, varlen)
         merged = torch.logaddexp(lse_all, lse_sink)
         # share of the sink keys in each row's softmax: 0 where a row has none (NaN from -inf - -inf included)
@@ -283,19 +295,19 @@ def flash_forward(query, key, value, x: LayerInputs, plan: dict, scale: float, v
     return out, lse_all
 
 
-def flash_backward(d_out, query, key, value, out, lse, x: LayerInputs, plan: dict, scale: float,
+def flash_backward(d_out, query, key, value, out, lse, x: LayerInputs, plan: Plan, scale: float,
                    varlen_bwd=flash_varlen_backward):
     """Gradients (dq, dk, dv) in the layout of query/key/value, from each call's backward with the merged out/LSE."""
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     acc = torch.promote_types(query.dtype, torch.float32)
     grads = tuple(torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q_t, k_t, v_t))
-    for name, c in plan["calls"].items():
+    for name, c in plan.calls.items():
         g = varlen_bwd(_pack(d_out, c.q_sel, c.q_span), _pack(q_t, c.q_sel, c.q_span), _pack(k_t, c.k_sel, c.k_span),
                        _pack(v_t, c.k_sel, c.k_span), _pack(out, c.q_sel, c.q_span),
                        _pack(lse, c.q_sel, c.q_span).transpose(0, 1), c.cu_q, c.cu_k, c.max_q, c.max_k, scale,
                        flash_window(x.window)[0] if name == "swa" else None)
         for grad, sel, span, packed in zip(grads, (c.q_sel, c.k_sel, c.k_sel), (c.q_span, c.k_span, c.k_span), g):
             _accumulate(grad, sel, span, packed)
-    if "sink_idx" in plan:
+    if plan.sink_idx is not None:
         _sink_backward(d_out, q_t, k_t, v_t, out, lse, x, plan, scale, varlen_bwd, grads)
     return tuple(g.transpose(1, 2).to(t.dtype) for g, t in zip(grads, (query, key, value)))
