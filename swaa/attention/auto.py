@@ -1,12 +1,10 @@
 """CUDA routing of backend 'auto', by measurement (BENCHMARKS.md): SDPA for calls without a SWAA mask, flex for SWA
-prefill and training (on FlashAttention-4 kernels where flash-attn-4 and an sm90+ GPU are there), FlashAttention for
-full layers and decode steps."""
+prefill and training, FlashAttention for full layers and decode steps."""
 
 from __future__ import annotations
 
 import torch
 
-from swaa.attention.fa4 import fa4_attention_fn, fa4_unavailable
 from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.inputs import layer_inputs
@@ -17,7 +15,7 @@ FLEX_MIN_QUERIES = 64  # below this (decode steps) the varlen flash kernel avoid
 
 def auto_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Plain calls -> one SDPA call; full layers and decode steps in half precision without gradients -> flash;
-    everything else -> flex (its FA4 kernels when available)."""
+    everything else -> flex."""
     x = layer_inputs(module, query, key)
     if not dropout:
         out = plain_attention(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling)
@@ -28,5 +26,4 @@ def auto_attention(module, query, key, value, attention_mask=None, scaling=None,
     kind = x.kind
     if half and not grad and not dropout and (kind == "full" or query.shape[2] < FLEX_MIN_QUERIES):
         return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    fn = fa4_attention_fn if query.is_cuda and fa4_unavailable(query.device.index) is None else flex_attention_fn
-    return fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
