@@ -20,9 +20,9 @@ from transformers import PreTrainedModel
 from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprint, check_keys, load_trained_weights,
                               make_fingerprint, read_checkpoint, trainable_names)
 from swaa.config import SWAAConfig, resolve_swaa
+from swaa.data.chat import IGNORE_INDEX
 from swaa.integration import apply_swaa, swaa_disabled
 from swaa.lora import LoRASettings, add_lora
-from swaa.data.chat import IGNORE_INDEX
 from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
 from swaa.optim import AdamW, WarmupDecay
@@ -60,7 +60,7 @@ class SWAAFineTuner(L.LightningModule):
                 'tiny:<family>:<layers>:<vocab>' for a tiny random Llama/Qwen3.
             swaa: SWAA config fields (window, sink, fa_decode, full_layers) or a preset name from
                 swaa/presets.yaml (bundled); None trains with full attention.
-            backend: SWAA attention backend: auto, reference, chunked, flex or flash.
+            backend: SWAA attention backend (swaa.attention.BACKENDS): auto, reference, chunked, flex, fa4, flash or cudnn.
             lora: LoRA adapters, or full_finetune.
             optimizer: the optimizer of the trainable weights (YAML: class_path and init_args, e.g. lr).
             lr_scheduler: the learning-rate schedule, stepped after every optimizer step (default: linear warmup,

@@ -32,11 +32,11 @@ from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
-from swaa.tasks.generators import Sample, make_samples, train_answer
 from swaa.files import write_atomic
 from swaa.integration import answer_start, apply_swaa, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns
 from swaa.models import base_model, load_config, load_model, load_tokenizer
+from swaa.tasks.generators import Sample, make_samples, train_answer
 
 log = logging.getLogger(__name__)
 CRITERIA = ("greedy", "sensitivity")
