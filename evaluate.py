@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from swaa.attention import BACKENDS
 from swaa.cli import int_values, split_values
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="answers by transformers' generate, or by StaticDecoder steps (one CUDA graph replay per "
                         "token on GPU; generate's greedy answers in float32, rare bf16 near-ties may differ) "
                         "(default: %(default)s)")
+    p.add_argument("--backend", default="auto", choices=sorted(BACKENDS),
+                   help="SWAA attention backend of the SWA layers; part of each result's key (default: %(default)s)")
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides = {k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None}
         settings = GridSettings(**{**grid, **overrides}, scorer=args.scorer, data_file=args.data,
                                 judge_model=args.judge_model, speed=args.speed, decode=args.decode,
-                                device=args.device, out_dir=args.out)
+                                backend=args.backend, device=args.device, out_dir=args.out)
         records = run_grid(configs, settings, args.model, args.adapter)
         paths = write_report(records, args.out)
     except (ValueError, FileNotFoundError) as e:

@@ -9,6 +9,7 @@ import pytest
 
 import evaluate
 from swaa.eval import runner
+from swaa.eval.results import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,19 @@ def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys)
     assert "| sink |" not in out  # --configs picks from the grid
     assert f"accuracy_plot: {tmp_path / 'accuracy.png'}" in out
     assert (tmp_path / "results.jsonl").is_file() and (tmp_path / "table.csv").is_file()
+
+
+def test_backend_is_part_of_the_result_key(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    argv = ["--model", "tiny:llama:2:49152", "--swaa", "naive_swa", "--tasks", "passkey", "--lengths", "256",
+            "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)]
+    evaluate.main(argv)
+    evaluate.main(argv + ["--backend", "reference"])  # a new cell, not the auto one read back
+    keys = [r["key"] for r in load_records(tmp_path)]
+    assert len(keys) == 2 and "backend" not in keys[0] and keys[1]["backend"] == "reference"
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--backend", "bogus"])
+    assert "--backend: invalid choice: 'bogus'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

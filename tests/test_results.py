@@ -60,6 +60,14 @@ def test_any_changed_setting_is_a_new_cell(tmp_path, field, value):
     assert not ResultStore(tmp_path).done(_key(**{field: value}))
 
 
+def test_backend_is_a_new_cell_but_auto_keeps_old_keys(tmp_path):
+    store = ResultStore(tmp_path)
+    _add(store, _key())
+    assert _key(backend="auto") == _key() and "backend" not in _key()
+    assert ResultStore(tmp_path).done(_key(backend="auto"))
+    assert not ResultStore(tmp_path).done(_key(backend="fa4"))
+
+
 def test_make_key_rejects_missing_and_unknown_fields():
     fields = dict(_key())
     del fields["seed"]

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from swaa import SWAAConfig, load_presets
+from swaa.attention import BACKENDS
 from swaa.config import resolve_swaa
 from swaa.generation import DECODE_MODES
 from swaa.tasks.generators import TASKS
@@ -90,7 +91,7 @@ def _positive_int(name: str, value: Any) -> None:
 class GridSettings:
     """How to run a grid: synthetic `tasks` x `lengths` (n samples each) or the first n samples of `data_file`,
     greedy answers of up to `max_new_tokens`, scored by each sample's scorer or `scorer` (with `judge_model` for
-    'judge'); `speed` also times prefill and decode; results go to `out_dir`."""
+    'judge'); `speed` also times prefill and decode; SWA layers run on `backend`; results go to `out_dir`."""
 
     tasks: list[str] | None = None
     lengths: list[int] | None = None
@@ -103,6 +104,7 @@ class GridSettings:
     judge_model: str | Path | None = None
     speed: bool = False
     decode: str = "generate"
+    backend: str = "auto"
     device: str = "cpu"
     out_dir: str | Path = "results"
     progress: bool = True
@@ -132,6 +134,8 @@ class GridSettings:
                              "judge model and a judge model needs scorer='judge'")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode={self.decode!r}: expected one of {DECODE_MODES}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: expected one of {sorted(BACKENDS)}")
         try:
             torch.device(self.device)
         except (RuntimeError, ValueError) as e:

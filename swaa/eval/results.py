@@ -26,6 +26,8 @@ SAMPLES_DIR = "samples"
 KEY_FIELDS = ("model", "model_id", "adapter", "adapter_id", "swaa_tag", "swaa", "task", "length", "n", "seed",
               "max_new_tokens", "prompt_template", "scorer", "data_id")
 """Every field of a record key; two cells share a record only if all of them are equal."""
+DEFAULTED_KEY_FIELDS = {"backend": "auto"}
+"""Key fields left out of the key at their default value, so records made before the field existed keep their keys."""
 
 
 def _digest(text: str) -> str:
@@ -51,11 +53,17 @@ def text_identity(text: str | None) -> str | None:
 
 
 def make_key(**fields: Any) -> dict[str, Any]:
-    """A record key holding exactly KEY_FIELDS; a missing or unknown field is an error."""
-    missing, unknown = sorted(set(KEY_FIELDS) - set(fields)), sorted(set(fields) - set(KEY_FIELDS))
+    """A record key holding exactly KEY_FIELDS, plus each DEFAULTED_KEY_FIELDS field given at another value than its
+    default; a missing or unknown field is an error."""
+    missing = sorted(set(KEY_FIELDS) - set(fields))
+    unknown = sorted(set(fields) - set(KEY_FIELDS) - set(DEFAULTED_KEY_FIELDS))
     if missing or unknown:
-        raise ValueError(f"record key: missing fields {missing}, unknown fields {unknown}; expected {KEY_FIELDS}")
-    return {name: fields[name] for name in KEY_FIELDS}
+        raise ValueError(f"record key: missing fields {missing}, unknown fields {unknown}; expected {KEY_FIELDS} "
+                         f"and optionally {sorted(DEFAULTED_KEY_FIELDS)}")
+    key = {name: fields[name] for name in KEY_FIELDS}
+    key.update({name: fields[name] for name, default in DEFAULTED_KEY_FIELDS.items()
+                if fields.get(name, default) != default})
+    return key
 
 
 def key_hash(key: dict[str, Any]) -> str:

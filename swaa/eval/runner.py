@@ -154,7 +154,7 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
     common_key = {"model": model_name, "model_id": model_id, "adapter": None if adapter is None else str(adapter),
                   "adapter_id": path_identity(adapter), "seed": settings.seed,
                   "max_new_tokens": settings.max_new_tokens, "prompt_template": text_identity(tokenizer.chat_template),
-                  "data_id": path_identity(settings.data_file)}
+                  "data_id": path_identity(settings.data_file), "backend": settings.backend}
     scorer = f"{JUDGE}:{judge}:{path_identity(judge)}" if judge is not None else settings.scorer
     return Plan(configs, cells, prompt_tokens, tokenizer, ResultStore(settings.out_dir), common_key, scorer)
 
@@ -202,7 +202,7 @@ def _run_config(model: PreTrainedModel | PeftModel, plan: Plan, name: str, cells
                 judge: JudgeScorer | None, bar: tqdm) -> None:
     """Run and store the given cells of one configuration; the model is left without SWAA afterwards."""
     config, base = plan.configs[name], base_model(model)
-    apply_swaa(base, config)
+    apply_swaa(base, config, settings.backend)
     try:
         speeds: dict[int, dict[str, float]] = {}  # one timing per prompt length and config
         for cell in cells:
