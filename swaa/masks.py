@@ -46,12 +46,13 @@ def flex_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: torch.Te
     layer is a window no query reaches past; FA decode a flag). The rule is captured as tensors, so torch.compile
     traces one mask function for every config instead of specialising (and recompiling) on window, sink or kind."""
     full = kind == "full" or window is None
-    window, sink, fa_decode = (torch.tensor(v, device=q_pos.device) for v in (
-        torch.iinfo(torch.int64).max if full else window, 0 if full else sink, kind == "swa_fa_decode"))
+    batch = q_pos.shape[0]  # one value per sequence, indexed by b: FA4's CuTe DSL code cannot index a 0-dim tensor
+    window, sink, fa_decode = (torch.full((batch,), v, device=q_pos.device) for v in (
+        torch.iinfo(torch.int32).max if full else window, 0 if full else sink, kind == "swa_fa_decode"))
 
     def mask_mod(b, h, q_idx, kv_idx):
         i, j = q_pos[b, q_idx], k_pos[b, kv_idx]
-        return _causal(i, j) & _local(i, j, prompt_len[b], window, sink, fa_decode)
+        return _causal(i, j) & _local(i, j, prompt_len[b], window[b], sink[b], fa_decode[b])
 
     return mask_mod
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import random
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -146,6 +147,20 @@ def test_cuda_backends_refuse_cpu(name):
     (q, k, v), x = random_case(rng, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match=f"backend '{name}' needs a CUDA device"):
         call_backend(name, q, k, v, x)
+
+
+def test_flash_ignores_a_flash_attn_without_the_varlen_kernel(tmp_path, monkeypatch):
+    from swaa.attention import flash
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)  # what flash-attn-4 alone installs: a namespace package
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("flash_attn")]:
+        monkeypatch.delitem(sys.modules, name)
+    flash._dao_flash.cache_clear()
+    try:
+        assert flash._dao_flash() is None  # PyTorch's bundled kernel then, not an ImportError at the first call
+    finally:
+        flash._dao_flash.cache_clear()
 
 
 def test_cudnn_without_its_package_is_a_clear_error(monkeypatch):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 
 import torch
 
@@ -19,9 +18,11 @@ from swaa.masks import flash_window
 
 @functools.cache
 def _dao_flash():
-    if importlib.util.find_spec("flash_attn") is None:
+    """Dao-AILab's varlen kernel (flash-attn 2), or None; flash-attn-4 alone installs a `flash_attn` without it."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
         return None
-    from flash_attn import flash_attn_varlen_func
     return flash_attn_varlen_func
 
 
