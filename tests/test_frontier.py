@@ -5,7 +5,7 @@ import json
 import pytest
 
 from swaa import SWAAConfig
-from swaa.eval.frontier import frontier_table, full_fraction, headline, main
+from swaa.eval.frontier import frontier_table, full_fraction, headline, main, markdown
 from swaa.eval.results import ResultStore, make_key
 
 # evaluated on a 8-layer model: accuracy per config (every cell)
@@ -65,6 +65,14 @@ def test_headline_is_the_fastest_config_that_keeps_the_threshold(tmp_path):
     assert headline(table, 95.0)["config"] == "half_fad"  # 100% of FA at 1.4x; quarter_fad keeps only 87.5%
     assert headline(table, 85.0)["config"] == "quarter_fad"
     assert headline(table, 101.0) is None
+
+
+def test_a_config_without_a_timed_fraction_reads_n_a(tmp_path):
+    bench = bench_json()
+    bench["rows"] = [r for r in bench["rows"] if r["config"] != "swa_quarter_fad"]  # no timed row for 1/4 + FAD
+    table = frontier_table(records(tmp_path), bench, 65536, depth=8)
+    row = markdown(table).splitlines()[2:][list(table["config"]).index("quarter_fad")]
+    assert row.endswith("| n/a | n/a | n/a |"), row
 
 
 def test_cli_writes_table_plot_and_headline(tmp_path, capsys):

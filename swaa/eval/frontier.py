@@ -113,13 +113,17 @@ def write_frontier(table: pd.DataFrame, threshold: float, length: int, out: str 
     return paths
 
 
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    """`value` formatted with `spec` and `suffix`, or 'n/a' when it is missing (None or NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec) + suffix
+
+
 def markdown(table: pd.DataFrame) -> str:
-    fmt = lambda v, spec: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)  # noqa
     lines = ["| run | config | full layers | % of FA | prefill speedup | decode speedup | timed as |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['config']} | {r['full_fraction']:.2f} | {fmt(r['% of FA'], '.1f')} ± "
-              f"{fmt(r['% of FA se'], '.1f')} | {fmt(r['prefill_speedup'], '.2f')}x | {fmt(r['decode_speedup'], '.2f')}x"
-              f" | {r['speed_config'] or 'n/a'} |" for _, r in table.iterrows()]
+    lines += [f"| {r['run']} | {r['config']} | {r['full_fraction']:.2f} | {_fmt(r['% of FA'], '.1f')} ± "
+              f"{_fmt(r['% of FA se'], '.1f')} | {_fmt(r['prefill_speedup'], '.2f', 'x')} | "
+              f"{_fmt(r['decode_speedup'], '.2f', 'x')} | {_fmt(r['speed_config'], 's')} |" for _, r in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
