@@ -6,6 +6,8 @@ import pytest
 import yaml
 from train import cli_main
 
+from swaa import load_presets
+from swaa.eval.grid import select_grid
 from swaa.lit import SWAAFineTuner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +50,12 @@ def test_smoke_resumes_from_last_under_another_root_dir(tmp_path, monkeypatch):
     runs = tmp_path / "elsewhere" / "smoke"
     assert sorted(p.name for p in runs.iterdir()) == ["checkpoints", "version_0", "version_1"]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "swaa").glob("*.yaml")), ids=lambda p: p.name)
+def test_swaa_files_load_for_the_embedded_model(path):
+    """Every file in configs/swaa is a grid (evaluate.py --swaa) or a presets file (--presets) valid for SmolLM2's 30
+    layers."""
+    data = yaml.safe_load(path.read_text())
+    configs = select_grid(str(path))[0] if "configs" in data else load_presets(path)
+    assert configs and all(len(c.full_layer_indices(30)) < 30 for c in configs.values() if c.enabled)

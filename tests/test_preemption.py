@@ -47,7 +47,8 @@ def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subpro
                "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3", *parallel,
                "--trainer.callbacks+=preemption_hooks.RecordSamples", f"--trainer.callbacks.out={cwd}",
                f"--trainer.callbacks.weights={weights}", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "MKL_CBWR": "AUTO,STRICT"}  # MKL's results otherwise depend on memory alignment: runs differed by ~1e-6
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

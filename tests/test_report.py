@@ -99,6 +99,16 @@ def test_cli_merges_a_checkpoint_and_its_exported_adapter(tmp_path):
     assert list(csv["% of FA"].round()) == [100, 33, 67]
 
 
+def test_cli_tasks_keeps_only_their_cells(tmp_path, capsys):
+    _records(tmp_path / "r")
+    main([str(tmp_path / "r"), "--tasks", "niah_single", "--out", str(tmp_path / "out")])
+    header = (tmp_path / "out" / "table.md").read_text().splitlines()[0]
+    assert "niah_single@1024" in header and "passkey" not in header
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "r"), "--tasks", "bogus", "--out", str(tmp_path / "x")])
+    assert "--tasks: ['bogus'] not in the records; they have ['niah_single', 'passkey']" in capsys.readouterr().err
+
+
 def test_empty_records():
     with pytest.raises(ValueError, match="no evaluation records"):
         summary_table([])

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from swaa.cli import split_values
 from swaa.eval.results import load_records
 from swaa.files import write_atomic
 
@@ -211,9 +212,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for table.md, table.csv, accuracy.png (speed.png)")
     parser.add_argument("--fa-run", help="'%% of FA' against this run's FA row for every row (its label or adapter "
                         "name, e.g. teacher_fa_more); default: each run's own FA row")
+    parser.add_argument("--tasks", nargs="+", help="only the cells of these tasks, space or comma separated "
+                                                   "(default: every task)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in write_report(load_records(args.results), args.out, args.fa_run).values():
+    records, tasks = load_records(args.results), split_values(args.tasks)
+    if tasks:
+        present = sorted({r["key"]["task"] for r in records})
+        if set(tasks) - set(present):
+            parser.error(f"--tasks: {sorted(set(tasks) - set(present))} not in the records; they have {present}")
+        records = [r for r in records if r["key"]["task"] in tasks]
+    for path in write_report(records, args.out, args.fa_run).values():
         log.info("wrote %s", path)
 
 
