@@ -182,6 +182,11 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
                                                     "records/smollm2_swaa_ft --fa-run teacher_fa_more --out")]:
         assert command in text
         assert markdown_table(summary_table(load_records(folders), fa_run)) in text
+    selection = load_records(root / "records" / "smollm2_selection")
+    trained = [r for r in selection if r["key"]["task"] in ("niah_multikey", "niah_multivalue")]
+    for records, command in [(selection, "report records/smollm2_selection --out"),
+                             (trained, "report records/smollm2_selection --tasks niah_multikey niah_multivalue --out")]:
+        assert command in text and markdown_table(summary_table(records)) in text
     table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
     headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
     assert f"{headline['% of FA']:.1f}% ± {headline['% of FA se']:.1f}" == "95.2% ± 1.3" and "95.2% ± 1.3" in text
