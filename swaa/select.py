@@ -74,6 +74,17 @@ def resolve_budget(budget: int | float | Fraction | str, depth: int) -> int:
     return count
 
 
+def distinct_budgets(budgets: list[str], depth: int) -> list[int]:
+    """Layer counts of several budgets, largest first (greedy's larger runs contain the smaller ones' steps); two
+    budgets of the same count are an error."""
+    counts = [resolve_budget(b, depth) for b in budgets]
+    for i, count in enumerate(counts):
+        if count in counts[:i]:
+            raise ValueError(f"budget={budgets[i]!r} and budget={budgets[counts.index(count)]!r} both mean {count} of "
+                             f"the {depth} layers; give each count once")
+    return sorted(counts, reverse=True)
+
+
 def periodic_layers(depth: int, count: int) -> list[int]:
     """The periodic choice of the same size: `every:K:from:K-1` with K = depth // count, its first `count` layers."""
     step = depth // count
@@ -227,17 +238,18 @@ class Selection:
         return {"swaa": self.swaa.to_dict(), "depth": self.depth, "budget": self.budget, "nll_fa": self.nll_fa,
                 "nll_swa": self.nll_swa, "chosen": self.chosen, "nll_chosen": self.nll_chosen,
                 "periodic": periodic_layers(self.depth, self.budget), "forwards": self.forwards,
-                "seconds": self.seconds, "seconds_per_forward": self.seconds / self.forwards, "layers": layers,
+                "seconds": self.seconds, "seconds_per_forward": self.seconds / self.forwards if self.forwards else None, "layers": layers,
                 "greedy": steps}
 
 
 def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[CalibrationBatch], window: int,
                        sink: int = 0, fa_decode: bool | list[int] = True, budget: int | float | str = "1/4",
                        criteria: tuple[str, ...] = CRITERIA, backend: str = "auto",
-                       progress: bool = True) -> Selection:
+                       progress: bool = True, measured: dict | None = None) -> Selection:
     """Choose `budget` full layers by answer NLL on `batches`: 'sensitivity' keeps the layers whose being the only
     full layer lowers the NLL most; 'greedy' starts all-SWA and adds the layer that lowers the NLL most, until the
-    budget. One candidate costs one pass over the batches; the model is left without SWAA."""
+    budget. One candidate costs one pass over the batches; the model is left without SWAA. `measured` (NLL by set of
+    full layers, None for FA) is read and filled: calls with the same model, batches and settings share passes."""
     base = base_model(model)
     depth = base.config.num_hidden_layers
     count = resolve_budget(budget, depth)
@@ -253,23 +265,24 @@ def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[Calibra
     greedy_forwards = sum(depth - step for step in range(1, count)) if "greedy" in criteria else 0
     bar = tqdm(total=3 + depth + greedy_forwards + ("sensitivity" in criteria), desc="candidates",
                disable=not progress)
-    measured: dict[tuple[int, ...], float] = {}
+    measured = {} if measured is None else measured
+    known = len(measured)
 
     def score(config: SWAAConfig) -> float:
         value = answer_nll(base, config, batches, backend).mean().item()
         bar.update()
         return value
 
-    def nll(layers: list[int]) -> float:
-        """NLL with these layers full and the others SWA, measured once per set."""
-        key = tuple(sorted(layers))
+    def nll(layers: list[int] | None) -> float:
+        """NLL with these layers full and the others SWA (None: full attention), measured once per set."""
+        key = None if layers is None else tuple(sorted(layers))
         if key not in measured:
-            measured[key] = score(dataclasses.replace(plain, full_layers=list(key)))
+            measured[key] = score(SWAAConfig() if key is None else dataclasses.replace(plain, full_layers=list(key)))
         return measured[key]
 
     start = time.perf_counter()
     try:
-        nll_fa, nll_swa = score(SWAAConfig()), nll([])
+        nll_fa, nll_swa = nll(None), nll([])
         single = [nll([layer]) for layer in range(depth)]
         greedy: list[dict[int, float]] = []
         chosen: dict[str, list[int]] = {}
@@ -290,26 +303,27 @@ def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[Calibra
         remove_swaa(base)
         bar.total = bar.n
         bar.close()
-    seconds, forwards = time.perf_counter() - start, len(measured) + 1
-    log.info("chose %d of %d layers in %.1f s: %d passes over %d calibration batches, %.2f s each", count, depth,
-             seconds, forwards, len(batches), seconds / forwards)
+    seconds, forwards = time.perf_counter() - start, len(measured) - known
+    log.info("chose %d of %d layers in %.1f s: %d new passes over %d calibration batches", count, depth, seconds,
+             forwards, len(batches))
     return Selection(plain, count, nll_fa, nll_swa, single, greedy, chosen, nll_chosen, forwards, seconds)
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
 
-def preset_entries(selection: Selection, name: str | None = None) -> dict[str, dict[str, Any]]:
+def preset_entries(selection: Selection, name: str | None = None, several: bool = False) -> dict[str, dict[str, Any]]:
     """One preset per criterion with its explicit full_layers; `name` names a single criterion's entry, or prefixes
-    '_<criterion>' when there are several. Default names say the settings, e.g. 'greedy_w64_s4_fad_2of8'."""
+    '_<criterion>' when there are several (and '_<k>of<depth>' with `several` budgets). Default names say the
+    settings, e.g. 'greedy_w64_s4_fad_2of8'."""
     swaa = selection.swaa
     fad = "_fad" if swaa.fa_decode is True else "_fad" + "-".join(map(str, swaa.fa_decode)) if swaa.fa_decode else ""
-    settings = f"w{swaa.window}_s{swaa.sink}{fad}_{selection.budget}of{selection.depth}"
+    size = f"{selection.budget}of{selection.depth}"
     entries = {}
     for criterion, layers in selection.chosen.items():
         if name is None:
-            key = f"{criterion}_{settings}"
+            key = f"{criterion}_w{swaa.window}_s{swaa.sink}{fad}_{size}"
         else:
-            key = name if len(selection.chosen) == 1 else f"{name}_{criterion}"
+            key = (name if len(selection.chosen) == 1 else f"{name}_{criterion}") + (f"_{size}" if several else "")
         entries[key] = dataclasses.replace(swaa, full_layers=layers).to_dict()
     return entries
 
@@ -339,20 +353,25 @@ above full attention's."""
     return fig
 
 
-def write_selection(selection: Selection, out: str | Path, name: str | None = None,
-                    meta: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write (atomically) the presets YAML `out`, the scores JSON and the plot PNG beside it; returns their paths."""
-    out = Path(out)
-    paths = {"presets": out, "scores": out.with_suffix(".scores.json"), "plot": out.with_suffix(".png")}
-    header = (f"# SWAA presets chosen by swaa.select (answer NLL on calibration data); scores in "
-              f"{paths['scores'].name}, plot in {paths['plot'].name}\n")
-    body = yaml.safe_dump(preset_entries(selection, name), sort_keys=False, default_flow_style=None)
-    write_atomic(paths["presets"], header + body)
-    record = {**(meta or {}), **selection.to_dict()}
-    write_atomic(paths["scores"], json.dumps(record, indent=1) + "\n")
-    buf = io.BytesIO()
-    plot_selection(selection).savefig(buf, format="png", dpi=120)
-    write_atomic(paths["plot"], buf.getvalue())
+def write_selections(selections: list[Selection], out: str | Path, name: str | None = None,
+                     meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write (atomically) the presets YAML `out` with every selection's entries, and each selection's scores JSON and
+    plot PNG beside it (`out` with .scores.json / .png; with several budgets .<k>of<depth>.scores.json / .png)."""
+    out, several = Path(out), len(selections) > 1
+    paths, entries = {"presets": out}, {}
+    for selection in selections:
+        stem = out.with_suffix(f".{selection.budget}of{selection.depth}" if several else "")
+        scores, plot = stem.with_name(stem.name + ".scores.json"), stem.with_name(stem.name + ".png")
+        write_atomic(scores, json.dumps({**(meta or {}), **selection.to_dict()}, indent=1) + "\n")
+        buf = io.BytesIO()
+        plot_selection(selection).savefig(buf, format="png", dpi=120)
+        write_atomic(plot, buf.getvalue())
+        suffix = f" {selection.budget}of{selection.depth}" if several else ""
+        paths.update({f"scores{suffix}": scores, f"plot{suffix}": plot})
+        entries.update(preset_entries(selection, name, several))
+    header = (f"# SWAA presets chosen by swaa.select (answer NLL on calibration data); scores and plots beside this "
+              f"file: {', '.join(p.name for k, p in paths.items() if k != 'presets')}\n")
+    write_atomic(out, header + yaml.safe_dump(entries, sort_keys=False, default_flow_style=None))
     return paths
 
 
@@ -368,8 +387,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sink", type=int, default=0, help="S, sink tokens of the SWA layers (default: %(default)s)")
     p.add_argument("--fa-decode", action=argparse.BooleanOptionalAction, default=True,
                    help="answer rows use full attention in SWA layers (default: on)")
-    p.add_argument("--budget", required=True, help="full layers to choose: a count ('2') or a fraction ('1/4', "
-                                                   "'0.25', rounded down)")
+    p.add_argument("--budget", required=True, nargs="+",
+                   help="full layers to choose: a count ('2') or a fraction ('1/4', '0.25', rounded down); several "
+                        "(space or comma separated) share their passes: greedy runs once, to the largest")
     p.add_argument("--criterion", choices=[*CRITERIA, "both"], default="both",
                    help="greedy, one-layer sensitivity, or both (the sensitivity ranking is greedy's first step: "
                         "both cost one pass more than greedy) (default: %(default)s)")
@@ -387,7 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
     p.add_argument("--out", required=True, help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
     args = p.parse_args(argv)
-    args.tasks = split_values(args.tasks)
+    args.tasks, args.budget = split_values(args.tasks), split_values(args.budget)
     args.lengths = int_values(p, "--lengths", args.lengths)
     return args
 
@@ -399,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     criteria = CRITERIA if args.criterion == "both" else (args.criterion,)
     try:
         config = load_config(args.model)
-        resolve_budget(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
+        budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
         SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
@@ -408,20 +428,24 @@ def main(argv: list[str] | None = None) -> None:
                                       args.n, args.seed, args.data, args.batch_size)
         model = load_model(args.model, device=args.device)
         model = load_adapter(model, args.adapter) if args.adapter else model
-        selection = select_full_layers(model, batches, args.window, args.sink, args.fa_decode, args.budget, criteria,
-                                       args.backend)
+        measured: dict = {}
+        selections = [select_full_layers(model, batches, args.window, args.sink, args.fa_decode, budget, criteria,
+                                         args.backend, measured=measured) for budget in budgets]
         meta = {"model": args.model, "adapter": args.adapter, "calibration": {
             "data": args.data, "tasks": args.tasks or (None if args.data else list(TRAINING_TASKS)),
             "lengths": args.lengths, "n": args.n, "seed": args.seed, "batch_size": args.batch_size},
             "backend": args.backend, "device": args.device}
-        paths = write_selection(selection, args.out, args.name, meta)
+        paths = write_selections(selections, args.out, args.name, meta)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"swaa.select: error: {e}")
-    for entry, swaa in preset_entries(selection, args.name).items():
-        print(f"{entry}: full_layers {swaa['full_layers']}  (train.py --model.swaa '{json.dumps(swaa)}')")
-    nlls = {"fa": selection.nll_fa, "all_swa": selection.nll_swa, **selection.nll_chosen}
-    print("answer NLL: " + ", ".join(f"{key} {value:.4f}" for key, value in nlls.items()))
-    print(f"{selection.forwards} passes over {len(batches)} batches in {selection.seconds:.1f} s")
+    for selection in selections:
+        for entry, swaa in preset_entries(selection, args.name, len(selections) > 1).items():
+            print(f"{entry}: full_layers {swaa['full_layers']}  (train.py --model.swaa '{json.dumps(swaa)}')")
+        nlls = {"fa": selection.nll_fa, "all_swa": selection.nll_swa, **selection.nll_chosen}
+        print(f"{selection.budget} of {selection.depth}, answer NLL: "
+              + ", ".join(f"{key} {value:.4f}" for key, value in nlls.items()))
+    print(f"{sum(s.forwards for s in selections)} passes over {len(batches)} batches in "
+          f"{sum(s.seconds for s in selections):.1f} s")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
 

@@ -54,8 +54,9 @@ def test_smoke_resumes_from_last_under_another_root_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "swaa").glob("*.yaml")), ids=lambda p: p.name)
 def test_swaa_files_load_for_the_embedded_model(path):
-    """Every file in configs/swaa is a grid (evaluate.py --swaa) or a presets file (--presets) valid for SmolLM2's 30
-    layers."""
+    """Every file in configs/swaa is a grid (evaluate.py --swaa; preset names from the committed selection) or a
+    presets file (--presets) valid for SmolLM2's 30 layers."""
     data = yaml.safe_load(path.read_text())
-    configs = select_grid(str(path))[0] if "configs" in data else load_presets(path)
+    selected = ROOT / "configs" / "swaa" / "selected_smollm2_w1024.yaml"
+    configs = select_grid(str(path), selected)[0] if "configs" in data else load_presets(path)
     assert configs and all(len(c.full_layer_indices(30)) < 30 for c in configs.values() if c.enabled)

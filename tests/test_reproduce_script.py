@@ -41,7 +41,7 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
     repo, calls = stub_repo
     runs = _run(repo, calls)
     grid = yaml.safe_load((ROOT / "configs" / "swaa" / "grid_smollm2.yaml").read_text())["configs"]
-    trained, evaluated = [], []
+    trained, evaluated, selected = [], [], []
     for args in runs:
         if args[:2] == ["train.py", "fit"]:
             config = Path(_flag(args, "--config"))
@@ -53,9 +53,14 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
                 assert init == "runs/teacher_fa_more/checkpoints/last.ckpt"  # every SWAA-FT from the final teacher
             logger = yaml.safe_load((ROOT / config).read_text())["trainer"]["logger"]["init_args"]
             trained.append(f"runs/{logger['name']}/checkpoints")  # train.py: <default_root_dir>/<name>/checkpoints
+        elif args[:2] == ["-m", "swaa.select"]:
+            assert str(Path(_flag(args, "--adapter")).parent) in trained
+            selected.append(_flag(args, "--out"))
         elif args[0] == "evaluate.py":
             adapter = _flag(args, "--adapter")
             assert str(Path(adapter).parent) in trained, adapter
+            presets = _flag(args, "--presets")
+            assert presets is None or presets in selected, f"{presets} not written by an earlier selection"
             names = _flag(args, "--configs")
             assert names is None or set(names.split(",")) <= set(grid), names
             evaluated.append(_flag(args, "--out"))
@@ -64,6 +69,7 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA against the teacher every SWAA-FT started from
     assert {f"runs/{run}/checkpoints" for run in ("teacher_fa", "teacher_fa_more", "swaa_ft_fad_half_w1024",
                                                    "swaa_ft_sink_half_w1024")} <= set(trained)
+    assert selected and "results/selection" in evaluated  # RESULTS.md section 5
     assert runs[-1][:2] == ["-m", "swaa.eval.report"]
 
 

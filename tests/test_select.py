@@ -170,7 +170,22 @@ def test_cli_writes_presets_that_load_and_resolve(tmp_path, capsys):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_several_budgets_share_their_passes(tmp_path, capsys):
+    out = tmp_path / "sel.yaml"
+    main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1,2", "--tasks", "passkey", "--lengths",
+          "160", "--n", "2", "--criterion", "greedy", "--out", str(out)])
+    presets = load_presets(out)
+    assert sorted(presets) == ["greedy_w16_s0_fad_1of4", "greedy_w16_s0_fad_2of4"]
+    two, one = (json.loads((tmp_path / f"sel.{k}of4.scores.json").read_text()) for k in (2, 1))
+    assert one["chosen"]["greedy"] == [two["greedy"][0]["layer"]]  # greedy to 1 is the first step of greedy to 2
+    assert one["nll_chosen"]["greedy"] == two["greedy"][0]["nll"]
+    assert two["forwards"] == 1 + 1 + 4 + 3 + 1  # FA, all SWA, one-layer sets, step 2, the periodic pair
+    assert one["forwards"] == 0 and one["seconds_per_forward"] is None  # its periodic layer [3] was measured too
+    assert (tmp_path / "sel.1of4.png").is_file() and "10 passes over" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--budget", "1/4", "1"], r"budget='1' and budget='1/4' both mean 1 of the 4 layers"),
     (["--budget", "4"], r"budget='4' means every layer full .* 1\.\.3"),
     (["--budget", "0"], r"budget='0' means no full layer"),
     (["--budget", "1", "--model", "tiny:llama:1:49152"], r"1 layer"),
