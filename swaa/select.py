@@ -215,7 +215,7 @@ class Selection:
     nll_chosen: dict[str, float]
     """By criterion, and 'periodic' for periodic_layers of the same size: NLL with those layers full."""
     forwards: int
-    """Passes over the calibration data."""
+    """Passes over the calibration data this selection made (sets measured by an earlier one are not counted)."""
     seconds: float
 
     @property
