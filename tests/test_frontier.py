@@ -83,6 +83,12 @@ def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
     assert "largest prefill speedup at >= 95% of FA: 1.40x (half_fad, 100.0%)" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "headline.json").read_text())["best"]["config"] == "half_fad"
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
+    main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8", "--tasks", "passkey",
+          "--out", str(tmp_path / "passkey")])
+    assert (tmp_path / "passkey" / "frontier.csv").is_file()
+    with pytest.raises(SystemExit, match=r"--tasks: \['bogus'\] not in the records"):
+        main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--tasks", "bogus", "--out",
+              str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no timed rows at length 1000"):
         main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--length", "1000", "--out",
               str(tmp_path / "x")])

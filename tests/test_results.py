@@ -8,7 +8,7 @@ import os
 import pytest
 
 from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, load_samples,
-                               make_key, path_identity, read_jsonl)
+                               make_key, of_tasks, path_identity, read_jsonl)
 
 
 def _key(**changes):
@@ -66,6 +66,17 @@ def test_backend_is_a_new_cell_but_auto_keeps_old_keys(tmp_path):
     assert _key(backend="auto") == _key() and "backend" not in _key()
     assert ResultStore(tmp_path).done(_key(backend="auto"))
     assert not ResultStore(tmp_path).done(_key(backend="fa4"))
+
+
+def test_of_tasks_keeps_those_tasks_and_names_missing_ones(tmp_path):
+    store = ResultStore(tmp_path)
+    for task in ("passkey", "niah_single"):
+        _add(store, _key(task=task))
+    records = store.records()
+    assert [r["key"]["task"] for r in of_tasks(records, ["niah_single"])] == ["niah_single"]
+    assert of_tasks(records, None) == records
+    with pytest.raises(ValueError, match=r"--tasks: \['kv'\] not in the records; they have \['niah_single', 'passkey'\]"):
+        of_tasks(records, ["passkey", "kv"])
 
 
 def test_make_key_rejects_missing_and_unknown_fields():

@@ -21,9 +21,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from swaa.cli import split_values
 from swaa.config import SWAAConfig
 from swaa.eval.report import summary_table
-from swaa.eval.results import load_records
+from swaa.eval.results import load_records, of_tasks
 from swaa.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--depth", type=int, default=30, help="layers of the evaluated model (default: %(default)s, SmolLM2)")
     p.add_argument("--fa-run", help="the run whose FA row is every row's reference (default: each run's own)")
     p.add_argument("--threshold", type=float, default=95.0, help="%% of FA to keep (default: %(default)s)")
+    p.add_argument("--tasks", nargs="+", help="% of FA over the cells of these tasks only, space or comma separated "
+                                              "(default: every task)")
     p.add_argument("--out", required=True, help="folder for frontier.md, frontier.csv, frontier.png, headline.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         bench = json.loads(Path(args.speed).read_text())
-        table = frontier_table(load_records(args.results), bench, args.length, args.depth, args.fa_run)
+        records = of_tasks(load_records(args.results), split_values(args.tasks))
+        table = frontier_table(records, bench, args.length, args.depth, args.fa_run)
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"swaa.eval.frontier: error: {e}")
     paths = write_frontier(table, args.threshold, args.length, args.out)

@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from swaa.cli import split_values
-from swaa.eval.results import load_records
+from swaa.eval.results import load_records, of_tasks
 from swaa.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,10 @@ def main(argv: list[str] | None = None) -> None:
                                                    "(default: every task)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    records, tasks = load_records(args.results), split_values(args.tasks)
-    if tasks:
-        present = sorted({r["key"]["task"] for r in records})
-        if set(tasks) - set(present):
-            parser.error(f"--tasks: {sorted(set(tasks) - set(present))} not in the records; they have {present}")
-        records = [r for r in records if r["key"]["task"] in tasks]
+    try:
+        records = of_tasks(load_records(args.results), split_values(args.tasks))
+    except ValueError as e:
+        parser.error(str(e))
     for path in write_report(records, args.out, args.fa_run).values():
         log.info("wrote %s", path)
 

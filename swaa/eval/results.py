@@ -70,6 +70,17 @@ def key_hash(key: dict[str, Any]) -> str:
     return _digest(json.dumps(key, sort_keys=True))
 
 
+def of_tasks(records: list[dict[str, Any]], tasks: list[str] | None) -> list[dict[str, Any]]:
+    """The records of these tasks (all of them for None); a task without records is an error."""
+    if not tasks:
+        return records
+    present = sorted({r["key"]["task"] for r in records})
+    missing = sorted(set(tasks) - set(present))
+    if missing:
+        raise ValueError(f"--tasks: {missing} not in the records; they have {present}")
+    return [r for r in records if r["key"]["task"] in tasks]
+
+
 def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
     """Mean and its standard error: binomial sqrt(p(1-p)/n) for 0/1 scores, sample std / sqrt(n) otherwise."""
     n = len(scores)
