@@ -238,8 +238,8 @@ class Selection:
         return {"swaa": self.swaa.to_dict(), "depth": self.depth, "budget": self.budget, "nll_fa": self.nll_fa,
                 "nll_swa": self.nll_swa, "chosen": self.chosen, "nll_chosen": self.nll_chosen,
                 "periodic": periodic_layers(self.depth, self.budget), "forwards": self.forwards,
-                "seconds": self.seconds, "seconds_per_forward": self.seconds / self.forwards if self.forwards else None, "layers": layers,
-                "greedy": steps}
+                "seconds": self.seconds, "seconds_per_forward": self.seconds / self.forwards if self.forwards else None,
+                "layers": layers, "greedy": steps}
 
 
 def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[CalibrationBatch], window: int,
