@@ -405,7 +405,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", help="SWAA attention backend (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
-    p.add_argument("--out", required=True, help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
+    p.add_argument("--out", required=True,
+                   help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
     args = p.parse_args(argv)
     args.tasks, args.budget = split_values(args.tasks), split_values(args.budget)
     args.lengths = int_values(p, "--lengths", args.lengths)

@@ -40,7 +40,8 @@ def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=Non
     if reason is not None:
         raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    if not grad and not dropout and query.shape[2] < FLEX_MIN_QUERIES and query.dtype in (torch.float16, torch.bfloat16):
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    if half and not grad and not dropout and query.shape[2] < FLEX_MIN_QUERIES:
         return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     with tuning(KERNEL_OPTIONS):
         return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

@@ -124,7 +124,8 @@ def markdown(table: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['config']} | {r['full_fraction']:.2f} | {_fmt(r['% of FA'], '.1f')} ± "
               f"{_fmt(r['% of FA se'], '.1f')} | {_fmt(r['prefill_speedup'], '.2f', 'x')} | "
-              f"{_fmt(r['decode_speedup'], '.2f', 'x')} | {_fmt(r['speed_config'], 's')} |" for _, r in table.iterrows()]
+              f"{_fmt(r['decode_speedup'], '.2f', 'x')} | {_fmt(r['speed_config'], 's')} |"
+              for _, r in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
