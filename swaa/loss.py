@@ -13,7 +13,6 @@ from swaa.integration import answer_start, prompt_lengths
 from swaa.models import base_model
 
 
-
 def supervised_columns(labels: torch.Tensor) -> torch.Tensor:
     """Columns i (1D, ascending) whose logits predict a supervised token (labels[:, i + 1] != -100) in any row."""
     return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)

@@ -1,6 +1,6 @@
-"""FlexAttention on its FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL kernels from
-`flash-attn-4`): the block mask and mask_mod of 'flex', band and sink tiles in one pass, forward and backward.
-Decode steps (few queries, no gradients) go to 'flash', as in 'auto'.
+"""Backend 'auto' with FlexAttention's FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL
+kernels from `flash-attn-4`) as its flex kernel: SWA prefill and training run the block mask and mask_mod of 'flex',
+band and sink tiles in one pass, forward and backward; plain, full-layer and decode calls are routed as in 'auto'.
 
 Needs CUDA compute capability >= 9.0 (Hopper, Blackwell) and `pip install flash-attn-4`.
 """
@@ -12,9 +12,8 @@ import importlib.util
 
 import torch
 
-from swaa.attention.auto import FLEX_MIN_QUERIES
-from swaa.attention.flash import flash_attention_fn
-from swaa.attention.flex import flex_attention_fn, tuning
+from swaa.attention.auto import auto_attention
+from swaa.attention.flex import tuning
 
 KERNEL_OPTIONS = {"BACKEND": "FLASH"}
 
@@ -33,15 +32,11 @@ def fa4_unavailable(device_index: int | None = None) -> str | None:
 
 
 def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Attention with transformers' signature: 'flex' with FlashAttention-4 kernels; decode steps by 'flash'."""
+    """Attention with transformers' signature: 'auto' with FlashAttention-4 kernels for its flex calls."""
     if query.device.type != "cuda":
         raise RuntimeError(f"backend 'fa4' needs a CUDA device, got {query.device}")
     reason = fa4_unavailable(query.device.index)
     if reason is not None:
         raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    half = query.dtype in (torch.float16, torch.bfloat16)
-    if half and not grad and not dropout and query.shape[2] < FLEX_MIN_QUERIES:
-        return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     with tuning(KERNEL_OPTIONS):
-        return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        return auto_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

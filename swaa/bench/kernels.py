@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from swaa.attention import BACKENDS
+from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS
 from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
@@ -136,8 +137,8 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
     cases = _causal_cases(q, kk, vv, dout)
     fa4 = fa4_unavailable() is None
-    if fa4:  # FlashAttention-4's own causal kernel (flex FLASH backend with a causal block mask)
-        cases.append(_swaa_case("fa4", {}, None, 0, q, k, v, dout, label="fa4_causal"))
+    if fa4:  # FlashAttention-4's own causal kernel: flex on its FLASH backend with a causal block mask
+        cases.append(_swaa_case("flex", dict(FA4_KERNEL_OPTIONS), None, 0, q, k, v, dout, label="fa4_causal"))
     variants = [("flash", None)] + [("cudnn", None)] * (importlib.util.find_spec("cudnn") is not None) \
         + [("fa4", None)] * fa4 + [("flex", t) for t in (flex_tunings or [{}])]
     for sink in sinks:
