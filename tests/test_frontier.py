@@ -1,12 +1,13 @@
 """swaa.eval.frontier: accuracy (% of FA) matched to the speed of the same fraction of full layers and FA decode."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from swaa import SWAAConfig
 from swaa.eval.frontier import frontier_table, full_fraction, headline, main, markdown
-from swaa.eval.results import ResultStore, make_key
+from swaa.eval.results import ResultStore, load_records, make_key, of_tasks
 
 # evaluated on a 8-layer model: accuracy per config (every cell)
 EVALUATED = {"fa": (SWAAConfig(), 0.8), "all_swa": (SWAAConfig(window=16), 0.2),
@@ -92,3 +93,18 @@ def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no timed rows at length 1000"):
         main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--length", "1000", "--out",
               str(tmp_path / "x")])
+
+
+def test_results_md_frontier_is_what_the_committed_records_and_benchmark_give():
+    """RESULTS.md section 6 shows the frontier table and headline exactly as computed from the committed files."""
+    root = Path(__file__).resolve().parent.parent
+    records = of_tasks(load_records(root / "records" / "smollm2_selection"), ["niah_multikey", "niah_multivalue"])
+    bench = json.loads((root / "benchmarks" / "model_h100_qwen3_4b_liger_fa4_64k_128k.json").read_text())
+    text = (root / "RESULTS.md").read_text()
+    assert "--speed benchmarks/model_h100_qwen3_4b_liger_fa4_64k_128k.json --length 65536" in text
+    for length, figure in ((65536, "**2.18x at 64k**"), (131072, "**3.08x at 128k**")):
+        table = frontier_table(records, bench, length, depth=30)
+        best = headline(table, 95.0)
+        assert best["config"] == "w1024_sink_fad_greedy_5of30" and f"**{best['prefill_speedup']:.2f}x" in figure
+        assert f"{best['% of FA']:.1f} ± {best['% of FA se']:.1f}" == "97.4 ± 1.6" and figure in text
+    assert markdown(frontier_table(records, bench, 65536, depth=30)) in text

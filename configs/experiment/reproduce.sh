@@ -8,7 +8,7 @@
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
 # Stage times on one H200: teacher 7.3 min, its continuation 5.3 min, each SWAA-FT 4.5-6.5 min alone, its evaluation
 # about 3 min, a grid configuration about 45 s with --decode static (1-2 min with --speed), the selection about 2 min
-# and its 7 configurations of 10 cells about 8 min: 85-100 min in all.
+# and its 14 configurations of 10 cells about 16 min: 95-110 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -51,9 +51,9 @@ for pair in $FT_RUNS; do
 done
 stage eval_teacher_fa_more_grid python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
   $GRID --decode static --speed --out results/teacher_fa_more
-# full layers chosen on this teacher (one greedy run for both budgets), evaluated against periodic ones
+# full layers chosen on this teacher (one greedy run for every budget), evaluated against periodic ones
 stage select python -m swaa.select $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt --window 1024 \
-  --sink 64 --budget 1/4 1/8 --tasks niah_multikey niah_multivalue niah_similar --lengths 4096 7680 --n 16 \
+  --sink 64 --budget 1/4 5 4 1/8 --tasks niah_multikey niah_multivalue niah_similar --lengths 4096 7680 --n 16 \
   --batch-size 8 --out runs/selection/selected.yaml
 stage eval_selection python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_more/checkpoints/last.ckpt \
   --swaa configs/swaa/grid_selection_smollm2.yaml --presets runs/selection/selected.yaml --decode static \
