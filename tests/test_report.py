@@ -77,6 +77,15 @@ def test_repeated_cell_keeps_the_last_record(tmp_path, caplog):
     assert frame.loc[(frame["config"] == "fa") & (frame["cell"] == "passkey@1024"), "accuracy"].item() == 0.0
 
 
+def test_a_backend_other_than_auto_is_its_own_row(tmp_path):
+    """The same configuration on two attention backends in one folder: two rows, neither replacing the other."""
+    records = _records(tmp_path)
+    fa4 = [dict(r, accuracy=0.0, key=dict(r["key"], backend="fa4")) for r in records if r["config_name"] == "sink"]
+    table = summary_table([*records, *fa4]).set_index("config")
+    assert list(table.index) == ["fa", "naive", "sink", "sink [fa4]"]
+    assert table.loc["sink [fa4]", "mean"] == 0.0 and table.loc["sink", "mean"] == 0.5
+
+
 def test_write_report_files(tmp_path):
     paths = write_report(_records(tmp_path), tmp_path / "report")
     assert set(paths) == {"markdown", "csv", "accuracy_plot", "speed_plot"}

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from swaa.attention import BACKENDS
-from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS
-from swaa.attention.fa4 import fa4_unavailable
+from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS, fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
 from swaa.bench.common import relative_error, run_metadata, write_results

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from swaa.cli import split_values
 from swaa.config import SWAAConfig
-from swaa.eval.report import summary_table
+from swaa.eval.report import config_label, summary_table
 from swaa.eval.results import load_records, of_tasks
 from swaa.files import write_atomic
 
@@ -60,7 +60,7 @@ def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length:
                    fa_run: str | None = None) -> pd.DataFrame:
     """One row per evaluated (run, config): % of FA (and se), full fraction, and the matched speed row's speedups."""
     table = summary_table(records, fa_run)
-    configs = {r["config_name"]: SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
+    configs = {config_label(r): SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
     speeds = speed_rows(bench, length)
     out = []
     for _, row in table.iterrows():

@@ -38,6 +38,12 @@ def _run_label(key: dict[str, Any]) -> str:
     return f"{model} + {name}"
 
 
+def config_label(record: dict[str, Any]) -> str:
+    """The record's configuration name, plus its attention backend where that is not the default: 'half [fa4]'."""
+    backend = record["key"].get("backend")
+    return record["config_name"] if backend is None else f"{record['config_name']} [{backend}]"
+
+
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per record (long form); for a repeated (run, config, task, length) the last record wins."""
     if not records:
@@ -45,7 +51,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         key, speed = r["key"], r["speed"] or {}
-        rows.append({"run": _run_label(key), "config": r["config_name"], "tag": key["swaa_tag"], "task": key["task"],
+        rows.append({"run": _run_label(key), "config": config_label(r), "tag": key["swaa_tag"], "task": key["task"],
                      "length": key["length"], "cell": key["task"] if key["length"] is None else
                      f"{key['task']}@{key['length']}", "accuracy": r["accuracy"], "stderr": r["stderr"], "n": r["n"],
                      "n_unparsed": r["n_unparsed"], "prefill_ms": speed.get("prefill_ms", math.nan),
