@@ -8,7 +8,7 @@ import os
 import pytest
 
 from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, load_samples,
-                               make_key, of_tasks, path_identity, read_jsonl)
+                               make_key, of_configs, of_tasks, path_identity, read_jsonl)
 
 
 def _key(**changes):
@@ -77,6 +77,17 @@ def test_of_tasks_keeps_those_tasks_and_names_missing_ones(tmp_path):
     assert of_tasks(records, None) == records
     with pytest.raises(ValueError, match=r"--tasks: \['kv'\] not in the records; they have \['niah_single', 'passkey'\]"):
         of_tasks(records, ["passkey", "kv"])
+
+
+def test_of_configs_keeps_those_rows_and_names_missing_ones(tmp_path):
+    store = ResultStore(tmp_path)
+    for name in ("fa", "w256"):
+        store.add(_key(swaa_tag=name), [1.0], [{"i": 0}], time_s=0.5, config_name=name)
+    records = store.records()
+    assert [r["config_name"] for r in of_configs(records, ["w256"])] == ["w256"]
+    assert of_configs(records, []) == records
+    with pytest.raises(ValueError, match=r"--configs: \['half'\] not in the records; they have \['fa', 'w256'\]"):
+        of_configs(records, ["fa", "half"])
 
 
 def test_make_key_rejects_missing_and_unknown_fields():

@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from swaa.cli import split_values
-from swaa.eval.results import load_records, of_tasks
+from swaa.eval.results import load_records, of_configs, of_tasks
 from swaa.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -220,10 +220,12 @@ def main(argv: list[str] | None = None) -> None:
                         "name, e.g. teacher_fa_more); default: each run's own FA row")
     parser.add_argument("--tasks", nargs="+", help="only the cells of these tasks, space or comma separated "
                                                    "(default: every task)")
+    parser.add_argument("--configs", nargs="+", help="only the rows of these configuration names, space or comma "
+                                                     "separated (default: every configuration)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        records = of_tasks(load_records(args.results), split_values(args.tasks))
+        records = of_configs(of_tasks(load_records(args.results), split_values(args.tasks)), split_values(args.configs))
     except ValueError as e:
         parser.error(str(e))
     for path in write_report(records, args.out, args.fa_run).values():

@@ -72,13 +72,22 @@ def key_hash(key: dict[str, Any]) -> str:
 
 def of_tasks(records: list[dict[str, Any]], tasks: list[str] | None) -> list[dict[str, Any]]:
     """The records of these tasks (all of them for None); a task without records is an error."""
-    if not tasks:
+    return _of(records, tasks, lambda r: r["key"]["task"], "--tasks")
+
+
+def of_configs(records: list[dict[str, Any]], configs: list[str] | None) -> list[dict[str, Any]]:
+    """The records of these configuration names (all of them for None); a name without records is an error."""
+    return _of(records, configs, lambda r: r["config_name"], "--configs")
+
+
+def _of(records, wanted, value_of, option):
+    if not wanted:
         return records
-    present = sorted({r["key"]["task"] for r in records})
-    missing = sorted(set(tasks) - set(present))
+    present = sorted({value_of(r) for r in records})
+    missing = sorted(set(wanted) - set(present))
     if missing:
-        raise ValueError(f"--tasks: {missing} not in the records; they have {present}")
-    return [r for r in records if r["key"]["task"] in tasks]
+        raise ValueError(f"{option}: {missing} not in the records; they have {present}")
+    return [r for r in records if value_of(r) in wanted]
 
 
 def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
