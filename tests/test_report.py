@@ -10,7 +10,7 @@ from matplotlib.container import BarContainer
 from swaa import SWAAConfig
 from swaa.eval.report import (config_colors, main, markdown_table, plot_accuracy, records_frame, summary_table,
                                write_report)
-from swaa.eval.results import ResultStore, load_records, make_key
+from swaa.eval.results import ResultStore, load_records, make_key, of_configs, of_tasks
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
 SCORES = {"fa": [1, 1, 1, 0], "naive": [0, 0, 1, 0], "sink": [1, 1, 0, 0]}
@@ -196,6 +196,12 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     for records, command in [(selection, "report records/smollm2_selection --out"),
                              (trained, "report records/smollm2_selection --tasks niah_multikey niah_multivalue --out")]:
         assert command in text and markdown_table(summary_table(records)) in text
+    after_ft = of_configs(load_records([root / "records" / "smollm2_selection", root / "records" /
+                                        "smollm2_selection_swaa_ft"]),
+                          ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter"])
+    assert "--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter --out" in text
+    for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
+        assert markdown_table(summary_table(records, "teacher_fa_more")) in text
     table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
     headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
     assert f"{headline['% of FA']:.1f}% ± {headline['% of FA se']:.1f}" == "95.2% ± 1.3" and "95.2% ± 1.3" in text
