@@ -68,7 +68,8 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             assert set(args[2:args.index("--out")]) == set(evaluated)  # the table holds every evaluation
             assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA against the teacher every SWAA-FT started from
     assert {f"runs/{run}/checkpoints" for run in ("teacher_fa", "teacher_fa_more", "swaa_ft_fad_half_w1024",
-                                                   "swaa_ft_sink_half_w1024", "swaa_ft_fad_greedy_quarter_w1024")} <= set(trained)
+                                                   "swaa_ft_sink_half_w1024",
+                                                   "swaa_ft_fad_greedy_quarter_w1024")} <= set(trained)
     assert selected and "results/selection" in evaluated  # RESULTS.md section 5
     assert runs[-1][:2] == ["-m", "swaa.eval.report"]
 
