@@ -6,7 +6,9 @@ The model is built in `configure_model` on the trainer's device, in the dtype of
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as L
@@ -22,7 +24,7 @@ from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, check_fingerprin
 from swaa.config import SWAAConfig, resolve_swaa
 from swaa.data.chat import IGNORE_INDEX
 from swaa.integration import apply_swaa, swaa_disabled
-from swaa.lora import LoRASettings, add_lora
+from swaa.lora import LoRASettings, add_lora, swapped_weights
 from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
 from swaa.optim import AdamW, WarmupDecay
@@ -67,7 +69,8 @@ class SWAAFineTuner(L.LightningModule):
                 then cosine decay to 0 at the trainer's max_steps; swaa/optim.py).
             gradient_checkpointing: recompute activations in the backward pass (less memory).
             distill_weight: weight of KL(FA teacher || student) on answer tokens added to the CE loss; the teacher is
-                the same weights with adapters disabled, under full attention.
+                the weights this run started from (the base model, or it with the adapters of `init_weights`) under
+                full attention.
             distill_temperature: softmax temperature of the distillation term.
             init_weights: a train.py checkpoint or a peft adapter folder (same model and LoRA settings) whose trained
                 weights start this run (e.g. the FA teacher's adapters, to SWAA-fine-tune it); `--ckpt_path` resumes
@@ -79,8 +82,8 @@ class SWAAFineTuner(L.LightningModule):
             raise ValueError(f"distill_weight={distill_weight} must be >= 0 and distill_temperature="
                              f"{distill_temperature} > 0")
         if distill_weight > 0 and lora.full_finetune:
-            raise ValueError("distill_weight > 0 needs LoRA: the FA teacher is the base model with adapters disabled, "
-                             "which full_finetune does not keep")
+            raise ValueError("distill_weight > 0 needs LoRA: the FA teacher is the starting weights, which "
+                             "full_finetune does not keep beside the trained ones")
         self.lora_settings = lora
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.save_hyperparameters(ignore=["lora", "optimizer", "lr_scheduler"])  # the CLI's config.yaml has them
@@ -89,6 +92,7 @@ class SWAAFineTuner(L.LightningModule):
         self.fingerprint: dict | None = None
         self.strict_loading = False  # checkpoints hold only trainable weights; on_load_checkpoint checks the key set
         self._batch_start: float | None = None
+        self._start_adapters: dict[str, torch.Tensor] | None = None  # init_weights' adapters, the distillation teacher
 
     # -- model --------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -99,6 +103,9 @@ class SWAAFineTuner(L.LightningModule):
                                  device, torch.get_default_dtype(), self.hparams.gradient_checkpointing).train()
         if self.hparams.init_weights is not None:
             load_trained_weights(self.model, self.hparams.init_weights, self.lora_settings)
+            if self.hparams.distill_weight > 0:
+                self._start_adapters = {name: p.detach().clone() for name, p in self.model.named_parameters()
+                                        if p.requires_grad}
         self.fingerprint = make_fingerprint(self.hparams.model, self.base_model.config, self.swaa_config,
                                             self.lora_settings)
 
@@ -115,22 +122,43 @@ class SWAAFineTuner(L.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        teacher = self._teacher_logits(batch) if self.hparams.distill_weight > 0 else None
         ce, logits, columns = self._answer_loss(batch)
         loss = ce
         n = batch["input_ids"].shape[0]
         self.log("train/ce", ce, batch_size=n, sync_dist=True)
-        if self.hparams.distill_weight > 0:
-            kl = self._distill_kl(batch, logits, columns)
+        if teacher is not None:
+            kl = self._distill_kl(batch, logits, teacher, columns)
             self.log("train/kl", kl, batch_size=n, sync_dist=True)
             loss = ce + self.hparams.distill_weight * kl
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
 
-    def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """KL(teacher || student) per answer token, teacher = base weights under full attention, temperature T."""
-        with torch.no_grad(), self.model.disable_adapter(), swaa_disabled(self.base_model):
-            teacher = answer_logits(self.model, batch, columns)
+    @contextlib.contextmanager
+    def _starting_weights(self) -> Iterator[None]:
+        """The model as this run started: adapters disabled, or set to the ones `init_weights` loaded; eval mode."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            if self._start_adapters is None:
+                with self.model.disable_adapter():
+                    yield
+            else:
+                with swapped_weights(self.model, self._start_adapters):
+                    yield
+        finally:
+            self.model.train(training)
+
+    def _teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The FA teacher's logits at the supervised columns: the starting weights under full attention. Computed
+        before the student's forward pass, so that no weight the student's graph saved changes under it."""
+        with torch.no_grad(), self._starting_weights(), swaa_disabled(self.base_model):
+            return answer_logits(self.model, batch, supervised_columns(batch["labels"]))
+
+    def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, teacher: torch.Tensor,
+                    columns: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) per answer token at temperature T, from both models' logits at `columns`."""
         answer = batch["labels"][:, 1:][:, columns] != IGNORE_INDEX  # logits at column i predict the token at i + 1
         t = self.hparams.distill_temperature
         student_logp = F.log_softmax(logits[answer].float() / t, dim=-1)  # (N answer tokens, V)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 
+import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
@@ -65,3 +68,18 @@ def add_lora(model: PreTrainedModel, settings: LoRASettings) -> PreTrainedModel:
     total = sum(p.numel() for p in model.parameters())
     log.info("LoRA r=%d on %s: %d trainable of %d parameters", settings.rank, settings.target_modules, trainable, total)
     return model
+
+
+@contextlib.contextmanager
+def swapped_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run with `weights` (parameter name -> tensor) as those parameters' values; the current values come back after.
+    For forward passes without gradients only (e.g. a teacher's)."""
+    params = dict(model.named_parameters())
+    current = {name: params[name].data for name in weights}
+    try:
+        for name, value in weights.items():
+            params[name].data = value
+        yield
+    finally:
+        for name, value in current.items():
+            params[name].data = value

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from swaa.checkpoints import AtomicCheckpointIO
 from swaa.data import SyntheticDataModule
 from swaa.lit import SWAAFineTuner
-from swaa.lora import LoRASettings
+from swaa.lora import LoRASettings, swapped_weights
 from swaa.optim import AdamW, WarmupDecay, lr_factor
 from swaa.tiny import build_tiny_model
 
@@ -92,18 +92,56 @@ def test_full_finetune_has_no_adapters():
         SWAAFineTuner(model=TINY, lora=LoRASettings(full_finetune=True), distill_weight=1.0)
 
 
+def distill_kl(module: SWAAFineTuner, batch: dict[str, torch.Tensor]) -> float:
+    teacher = module._teacher_logits(batch)
+    _, logits, columns = module._answer_loss(batch)
+    return module._distill_kl(batch, logits, teacher, columns).item()
+
+
 def test_distillation_teacher_is_base_model_under_full_attention():
     batch = next(iter(random_batches()))
     wide = built(swaa={"window": 64}, distill_weight=1.0)  # window >= length: SWAA equals FA
-
-    def kl(module):
-        _, logits, columns = module._answer_loss(batch)
-        return module._distill_kl(batch, logits, columns).item()
-
-    assert kl(wide) == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: student = teacher
-    assert kl(built(swaa={"window": 4}, distill_weight=1.0)) > 1e-4  # SWA student differs from FA
+    assert distill_kl(wide, batch) == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: student = teacher
+    assert distill_kl(built(swaa={"window": 4}, distill_weight=1.0), batch) > 1e-4  # SWA student differs from FA
     torch.nn.init.normal_(next(p for n, p in wide.model.named_parameters() if "lora_B" in n), std=0.5)
-    assert kl(wide) > 1e-4  # teacher has adapters disabled
+    assert distill_kl(wide, batch) > 1e-4  # teacher has adapters disabled
+
+
+def test_distillation_teacher_is_the_adapters_the_run_started_from(tmp_path):
+    """With init_weights (e.g. the FA teacher's adapters) the teacher is those adapters, not the bare base model."""
+    batch = next(iter(random_batches()))
+    trained = built(swaa={"window": 64})
+    torch.nn.init.normal_(next(p for n, p in trained.model.named_parameters() if "lora_B" in n), std=0.5)
+    trained.model.save_pretrained(tmp_path / "teacher")
+    started = built(swaa={"window": 64}, distill_weight=1.0, init_weights=str(tmp_path / "teacher"))
+    assert distill_kl(started, batch) == pytest.approx(0.0, abs=1e-6)  # student = its starting weights, under FA
+    lora_b = next(p for n, p in started.model.named_parameters() if "lora_B" in n)
+    torch.nn.init.normal_(lora_b, std=0.5)
+    moved = lora_b.detach().clone()
+    assert distill_kl(started, batch) > 1e-4
+    assert torch.equal(lora_b, moved) and started.model.training  # the teacher's pass left the student as it was
+
+
+def test_swapped_weights_come_back_after_an_error():
+    layer = torch.nn.Linear(2, 2)
+    before, other = layer.weight.detach().clone(), torch.zeros(2, 2)
+    with pytest.raises(RuntimeError, match="inside"), swapped_weights(layer, {"weight": other}):
+        assert torch.equal(layer.weight, other) and layer.weight.requires_grad
+        raise RuntimeError("inside")
+    assert torch.equal(layer.weight, before)
+
+
+def test_fit_with_distillation_from_init_weights(tmp_path):
+    trained = built()
+    torch.nn.init.normal_(next(p for n, p in trained.model.named_parameters() if "lora_B" in n), std=0.5)
+    trained.model.save_pretrained(tmp_path / "teacher")
+    started = SWAAFineTuner(model=TINY, swaa={"window": 8}, lora=LoRASettings(rank=4), distill_weight=1.0,
+                            init_weights=str(tmp_path / "teacher"))
+    make_trainer(tmp_path, max_steps=2).fit(started, random_batches())
+    lora = {n: p for n, p in started.model.named_parameters() if p.requires_grad}
+    assert set(started._start_adapters) == set(lora)
+    assert any(not torch.equal(lora[n], w) for n, w in started._start_adapters.items())  # trained away from them
+    assert all(not w.requires_grad for w in started._start_adapters.values())
 
 
 def test_validation_logs_swaa_and_fa_loss(tmp_path):
