@@ -60,7 +60,8 @@ class SWAACLI(LightningCLI):
         return super().instantiate_trainer(plugins=[*plugins, AtomicCheckpointIO()], callbacks=callbacks, **kwargs)
 
     def before_fit(self) -> None:
-        """A fit without `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it: refuse."""
+        """A fit without `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it:
+        refuse."""
         found = last_checkpoints(self.trainer)
         if self._get(self.config, "ckpt_path") is None and found:
             raise SystemExit(f"train.py: a run already exists at {found[0].parent} ({found[0].name}): resume it with "

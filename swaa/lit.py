@@ -62,7 +62,8 @@ class SWAAFineTuner(L.LightningModule):
                 'tiny:<family>:<layers>:<vocab>' for a tiny random Llama/Qwen3.
             swaa: SWAA config fields (window, sink, fa_decode, full_layers) or a preset name from
                 swaa/presets.yaml (bundled); None trains with full attention.
-            backend: SWAA attention backend (swaa.attention.BACKENDS): auto, reference, chunked, flex, fa4, flash or cudnn.
+            backend: SWAA attention backend (swaa.attention.BACKENDS): auto, reference, chunked, flex, fa4, flash or
+                cudnn.
             lora: LoRA adapters, or full_finetune.
             optimizer: the optimizer of the trainable weights (YAML: class_path and init_args, e.g. lr).
             lr_scheduler: the learning-rate schedule, stepped after every optimizer step (default: linear warmup,

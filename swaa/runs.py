@@ -20,7 +20,8 @@ def last_checkpoints(trainer: L.Trainer) -> list[Path]:
 
 class DropFailedStart(Callback):
     """A fit that fails before its first optimizer step removes the log folder it created (config.yaml and an empty
-    event file), and its parent if left empty, so failed starts leave no `version_N` behind; a run that trained keeps its logs."""
+    event file), and its parent if left empty, so failed starts leave no `version_N` behind; a run that trained keeps
+    its logs."""
 
     def __init__(self) -> None:
         self._start_step: int | None = None

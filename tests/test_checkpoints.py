@@ -23,7 +23,8 @@ SWAA = {"window": 8, "sink": 2, "fa_decode": True}
 
 
 def module(**kwargs) -> SWAAFineTuner:
-    return SWAAFineTuner(**{"model": TINY, "swaa": SWAA, "lora": LoRASettings(rank=4), "optimizer": partial(AdamW, lr=1e-2), **kwargs})
+    return SWAAFineTuner(**{"model": TINY, "swaa": SWAA, "lora": LoRASettings(rank=4),
+                            "optimizer": partial(AdamW, lr=1e-2), **kwargs})
 
 
 @pytest.fixture(scope="module")

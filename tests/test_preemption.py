@@ -44,9 +44,9 @@ def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subpro
     amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger."""
     parallel = ["--trainer.devices", "2", "--trainer.strategy", "ddp"] if devices == 2 else []
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "smoke.yaml"),
-               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", str(STEPS),
-               "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3", "--trainer.precision", "64-true",
-               *parallel,
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"),
+               "--model.lr_scheduler.init_args.max_steps", str(STEPS), "--trainer.max_steps", str(STEPS),
+               "--trainer.val_check_interval", "3", "--trainer.precision", "64-true", *parallel,
                "--trainer.callbacks+=preemption_hooks.RecordSamples", f"--trainer.callbacks.out={cwd}",
                f"--trainer.callbacks.weights={weights}", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),

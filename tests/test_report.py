@@ -183,7 +183,8 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     """RESULTS.md shows each table exactly as `python -m swaa.eval.report` prints it from the committed records."""
     root = Path(__file__).resolve().parent.parent
     text = (root / "RESULTS.md").read_text()
-    teacher, grid, swaa_ft = (root / "records" / name for name in ("smollm2_teacher", "smollm2_grid", "smollm2_swaa_ft"))
+    teacher, grid, swaa_ft = (root / "records" / name
+                              for name in ("smollm2_teacher", "smollm2_grid", "smollm2_swaa_ft"))
     for folders, fa_run, command in [
             ([teacher], None, "python -m swaa.eval.report records/smollm2_teacher --out"),
             ([teacher, grid], None, "python -m swaa.eval.report records/smollm2_teacher records/smollm2_grid --out"),
@@ -199,7 +200,8 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     after_ft = of_configs(load_records([root / "records" / "smollm2_selection", root / "records" /
                                         "smollm2_selection_swaa_ft"]),
                           ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter"])
-    assert "--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter --out" in text
+    command = "--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter --out"
+    assert command in text
     for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
         assert markdown_table(summary_table(records, "teacher_fa_more")) in text
     table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])

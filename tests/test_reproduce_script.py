@@ -66,7 +66,7 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             evaluated.append(_flag(args, "--out"))
         elif args[:2] == ["-m", "swaa.eval.report"]:
             assert set(args[2:args.index("--out")]) == set(evaluated)  # the table holds every evaluation
-            assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA against the teacher every SWAA-FT started from
+            assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA: the teacher every SWAA-FT started from
     assert {f"runs/{run}/checkpoints" for run in ("teacher_fa", "teacher_fa_more", "swaa_ft_fad_half_w1024",
                                                    "swaa_ft_sink_half_w1024",
                                                    "swaa_ft_fad_greedy_quarter_w1024")} <= set(trained)

@@ -75,7 +75,8 @@ def test_of_tasks_keeps_those_tasks_and_names_missing_ones(tmp_path):
     records = store.records()
     assert [r["key"]["task"] for r in of_tasks(records, ["niah_single"])] == ["niah_single"]
     assert of_tasks(records, None) == records
-    with pytest.raises(ValueError, match=r"--tasks: \['kv'\] not in the records; they have \['niah_single', 'passkey'\]"):
+    with pytest.raises(ValueError,
+                       match=r"--tasks: \['kv'\] not in the records; they have \['niah_single', 'passkey'\]"):
         of_tasks(records, ["passkey", "kv"])
 
 

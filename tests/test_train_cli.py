@@ -23,7 +23,8 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 def test_smoke_fit_then_resume_from_last(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "4"]
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"),
+            "--model.lr_scheduler.init_args.max_steps", "4"]
     cli = cli_main([*args, "--trainer.max_steps", "2"])
     ckpt_dir = tmp_path / "runs" / "smoke" / "checkpoints"
     assert cli.trainer.global_step == 2 and (ckpt_dir / "last.ckpt").is_file()
@@ -98,7 +99,8 @@ def test_data_module_by_short_name_gets_the_model_tokenizer():
 def run_train(cwd: Path, *args: str) -> None:
     """train.py fit of the smoke config as a command, from `cwd` (where it writes runs/)."""
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", SMOKE,
-               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", "4", *args]
+               "--data.init_args.cache_dir", str(cwd.parent / "cache"), "--model.lr_scheduler.init_args.max_steps", "4",
+               *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sync_dist=True" not in result.stderr  # GenerationValidation's metrics are synced across ranks
@@ -171,8 +173,9 @@ def test_main_turns_user_errors_into_one_line(tmp_path, monkeypatch, extra, mess
 def test_ctrl_c_prints_what_was_saved_and_exits_130_then_the_run_resumes(tmp_path, monkeypatch):
     """SIGINT after the first checkpoint: one line naming last.ckpt and --ckpt_path last (not Lightning's notice and
     exit 1, nor a traceback); the command it names resumes from there."""
-    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.lr_scheduler.init_args.max_steps", "4",
-            "--trainer.max_steps", "100000", "--data.init_args.n_train", "400"]
+    args = ["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"),
+            "--model.lr_scheduler.init_args.max_steps", "4", "--trainer.max_steps", "100000",
+            "--data.init_args.n_train", "400"]
     last = tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True,  # as a terminal's Ctrl-C finds it:

@@ -303,7 +303,8 @@ def measure_cell(measure_fn: Measure, model: PreTrainedModel, length: int, stati
 
 
 def bench_config(cfg: BenchConfig, shape: str, lengths: list[int], measure_fn: Measure, dtype: torch.dtype,
-                 device: torch.device, backend: str, max_positions: int, fuse_with: str = "none") -> list[dict[str, Any]]:
+                 device: torch.device, backend: str, max_positions: int,
+                 fuse_with: str = "none") -> list[dict[str, Any]]:
     """Check one config, then measure it at every length; one row per length."""
     base = {"config": cfg.name, "tag": cfg.tag, "backend": backend if cfg.swaa.enabled else cfg.attn_implementation}
     reason = unsupported_reason(cfg, shape, device)
@@ -452,7 +453,8 @@ def model_metadata(args: argparse.Namespace, configs: list[BenchConfig], device:
     return run_metadata(device, args.command, dtype=dtype_name(args.dtype, device), shape=args.shape,
                         model=shape_fields(args.shape), backend=args.backend,
                         resolved_backend=resolve_backend(args.backend, device), window=args.window, sink=args.sink,
-                        decode_tokens=args.decode_tokens, fuse=args.fuse, **settings, configs=[c.to_dict() for c in configs])
+                        decode_tokens=args.decode_tokens, fuse=args.fuse, **settings,
+                        configs=[c.to_dict() for c in configs])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

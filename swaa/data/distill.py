@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output jsonl of SFT records (appended to; resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--swaa-preset", default=None, help="generate under this bundled SWAA preset (swaa/presets.yaml)")
+    parser.add_argument("--swaa-preset", default=None,
+                        help="generate under this bundled SWAA preset (swaa/presets.yaml)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

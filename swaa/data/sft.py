@@ -54,7 +54,8 @@ def load_records(path: str | Path) -> datasets.Dataset:
 
 
 def json_error(path: Path) -> str | None:
-    """Where a JSON or JSON Lines file stops parsing ('line N: ...'), or None if it parses (the problem is elsewhere)."""
+    """Where a JSON or JSON Lines file stops parsing ('line N: ...'), or None if it parses (the problem is
+    elsewhere)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         return "no records, only whitespace"

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("results", nargs="+", help="results folders or results.jsonl files (evaluate.py --out)")
     p.add_argument("--speed", required=True, help="JSON of `python -m swaa.bench model` (FA and SWAA rows)")
     p.add_argument("--length", type=int, default=65536, help="prompt length of the speed rows (default: %(default)s)")
-    p.add_argument("--depth", type=int, default=30, help="layers of the evaluated model (default: %(default)s, SmolLM2)")
+    p.add_argument("--depth", type=int, default=30,
+                   help="layers of the evaluated model (default: %(default)s, SmolLM2)")
     p.add_argument("--fa-run", help="the run whose FA row is every row's reference (default: each run's own)")
     p.add_argument("--threshold", type=float, default=95.0, help="%% of FA to keep (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", help="% of FA over the cells of these tasks only, space or comma separated "
