@@ -81,6 +81,7 @@ def of_configs(records: list[dict[str, Any]], configs: list[str] | None) -> list
 
 
 def _of(records, wanted, value_of, option):
+    """The records whose `value_of` is in `wanted` (all for none wanted); an error names `option` and what is there."""
     if not wanted:
         return records
     present = sorted({value_of(r) for r in records})
