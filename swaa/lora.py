@@ -1,4 +1,5 @@
-"""LoRA settings and wrapping a Hugging Face causal LM with peft adapters (or marking it fully trainable)."""
+"""LoRA settings, wrapping a Hugging Face causal LM with peft adapters (or marking it fully trainable), and
+running it with other adapter weights swapped in (a distillation teacher)."""
 
 from __future__ import annotations
 
