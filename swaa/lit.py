@@ -6,9 +6,7 @@ The model is built in `configure_model` on the trainer's device, in the dtype of
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as L
@@ -93,7 +91,7 @@ class SWAAFineTuner(L.LightningModule):
         self.fingerprint: dict | None = None
         self.strict_loading = False  # checkpoints hold only trainable weights; on_load_checkpoint checks the key set
         self._batch_start: float | None = None
-        self._start_adapters: dict[str, torch.Tensor] | None = None  # init_weights' adapters, the distillation teacher
+        self._start_adapters: dict[str, torch.Tensor] | None = None  # the distillation teacher's adapter weights
 
     # -- model --------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -104,9 +102,9 @@ class SWAAFineTuner(L.LightningModule):
                                  device, torch.get_default_dtype(), self.hparams.gradient_checkpointing).train()
         if self.hparams.init_weights is not None:
             load_trained_weights(self.model, self.hparams.init_weights, self.lora_settings)
-            if self.hparams.distill_weight > 0:
-                self._start_adapters = {name: p.detach().clone() for name, p in self.model.named_parameters()
-                                        if p.requires_grad}
+        if self.hparams.distill_weight > 0:  # the teacher: these starting adapters (fresh LoRA: the base model)
+            self._start_adapters = {name: p.detach().clone() for name, p in self.model.named_parameters()
+                                    if p.requires_grad}
         self.fingerprint = make_fingerprint(self.hparams.model, self.base_model.config, self.swaa_config,
                                             self.lora_settings)
 
@@ -115,16 +113,16 @@ class SWAAFineTuner(L.LightningModule):
         """The Hugging Face model under the peft wrapper (where SWAA is applied)."""
         return base_model(self.model)
 
-    def _answer_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(CE loss, logits at the supervised columns, those columns): no logits for prompt-only columns."""
-        columns = supervised_columns(batch["labels"])
+    def _answer_loss(self, batch: dict[str, torch.Tensor], columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE loss, logits at the supervised `columns`): no logits for prompt-only columns."""
         logits = answer_logits(self.model, batch, columns)
-        return answer_loss(logits, batch["labels"], columns), logits, columns
+        return answer_loss(logits, batch["labels"], columns), logits
 
     # -- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        teacher = self._teacher_logits(batch) if self.hparams.distill_weight > 0 else None
-        ce, logits, columns = self._answer_loss(batch)
+        columns = supervised_columns(batch["labels"])  # once per step: finding them syncs with the GPU
+        teacher = self._teacher_logits(batch, columns) if self.hparams.distill_weight > 0 else None
+        ce, logits = self._answer_loss(batch, columns)
         loss = ce
         n = batch["input_ids"].shape[0]
         self.log("train/ce", ce, batch_size=n, sync_dist=True)
@@ -136,26 +134,16 @@ class SWAAFineTuner(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
 
-    @contextlib.contextmanager
-    def _starting_weights(self) -> Iterator[None]:
-        """The model as this run started: adapters disabled, or set to the ones `init_weights` loaded; eval mode."""
+    def _teacher_logits(self, batch: dict[str, torch.Tensor], columns: torch.Tensor) -> torch.Tensor:
+        """The FA teacher's logits at `columns`: the adapters this run started from, full attention, eval mode.
+        Computed before the student's forward pass, so that no weight the student's graph saved changes under it."""
         training = self.model.training
         self.model.eval()
         try:
-            if self._start_adapters is None:
-                with self.model.disable_adapter():
-                    yield
-            else:
-                with swapped_weights(self.model, self._start_adapters):
-                    yield
+            with torch.no_grad(), swapped_weights(self.model, self._start_adapters), swaa_disabled(self.base_model):
+                return answer_logits(self.model, batch, columns)
         finally:
             self.model.train(training)
-
-    def _teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The FA teacher's logits at the supervised columns: the starting weights under full attention. Computed
-        before the student's forward pass, so that no weight the student's graph saved changes under it."""
-        with torch.no_grad(), self._starting_weights(), swaa_disabled(self.base_model):
-            return answer_logits(self.model, batch, supervised_columns(batch["labels"]))
 
     def _distill_kl(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, teacher: torch.Tensor,
                     columns: torch.Tensor) -> torch.Tensor:
@@ -183,10 +171,11 @@ class SWAAFineTuner(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         n = batch["input_ids"].shape[0]
-        loss = self._answer_loss(batch)[0]
+        columns = supervised_columns(batch["labels"])
+        loss = self._answer_loss(batch, columns)[0]
         if self.swaa_config.enabled:
             with swaa_disabled(self.base_model):
-                loss_fa = self._answer_loss(batch)[0]
+                loss_fa = self._answer_loss(batch, columns)[0]
         else:
             loss_fa = loss
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
