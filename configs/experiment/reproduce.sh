@@ -62,6 +62,9 @@ stage eval_selection python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_mo
 SEL_GRID="--swaa configs/swaa/grid_selection_smollm2.yaml --presets configs/swaa/selected_smollm2_w1024.yaml"
 stage "eval_$SEL_FT" python evaluate.py $EVAL_MODEL --adapter "runs/$SEL_FT/checkpoints/last.ckpt" $SEL_GRID \
   --configs fa,w1024_sink_fad_greedy_quarter --decode static --out "results/$SEL_FT"
+stage eval_swaa_ft_fad_half_w1024_selection python evaluate.py $EVAL_MODEL \
+  --adapter runs/swaa_ft_fad_half_w1024/checkpoints/last.ckpt $SEL_GRID --configs w1024_sink_fad_half \
+  --decode static --out results/swaa_ft_fad_half_w1024_selection  # its odd-layer counterpart on the same tasks
 stage table python -m swaa.eval.report results/teacher_fa_more $(printf 'results/%s ' $FT_NAMES) results/selection \
-  "results/$SEL_FT" \
+  "results/$SEL_FT" results/swaa_ft_fad_half_w1024_selection \
   --out results/smollm2 --fa-run teacher_fa_more   # table.md, table.csv, accuracy.png, speed.png
