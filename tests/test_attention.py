@@ -97,13 +97,10 @@ def test_long_sequences_cuda(name, seed):
     check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("name", ["flex", FA4, "flash", CUDNN])
-def test_half_precision_gradients_cuda(name, seed):
-    """bf16 gradients of q, k, v within 2% (relative norm) of float64 autograd, on random paddings and configs."""
+def check_half_gradients(name, seed, lq, lk):
+    """bf16 gradients of q, k, v within 2% (relative norm) of float64 autograd, on a random padded case."""
     rng = random.Random(200 + seed)
-    (q, k, v), x = random_case(rng, "cuda", torch.bfloat16, lq=rng.choice([None, 300]), lk=300)
+    (q, k, v), x = random_case(rng, "cuda", torch.bfloat16, lq=lq or rng.choice([None, 300]), lk=lk)
     mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
     rows = (x.q_pos >= 0)[..., None, None].double()
     weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64, device="cuda",
@@ -117,6 +114,23 @@ def test_half_precision_gradients_cuda(name, seed):
         grads.append([t.grad.double() for t in leaves])
     for g_got, g_want in zip(*grads):
         assert (g_got - g_want).norm() <= 2e-2 * g_want.norm() + 1e-6, (name, seed, x.kind, x.window, x.sink)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("name", ["flex", FA4, "flash", CUDNN])
+def test_half_precision_gradients_cuda(name, seed):
+    """Random paddings and configs, 300 keys, 300 queries or a random short query block."""
+    check_half_gradients(name, seed, None, 300)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("lq", [1, 3, 17, 63, 64, 65, 128])
+@pytest.mark.parametrize("name", ["flex", FA4])
+def test_half_precision_gradients_short_queries_cuda(name, lq):
+    """Query blocks shorter than the keys (decode-like and tile-edge lengths), with gradients."""
+    for seed in range(3):
+        check_half_gradients(name, seed, lq, 300)
 
 
 @pytest.mark.parametrize("name", ["reference", "chunked", "flex"])

@@ -7,7 +7,7 @@ import torch
 
 from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
-from swaa.attention.inputs import layer_inputs
+from swaa.attention.inputs import layer_inputs, needs_grad
 from swaa.attention.plain import plain_attention
 
 FLEX_MIN_QUERIES = 64  # below this (decode steps) the varlen flash kernel avoids building a block mask per step
@@ -22,7 +22,7 @@ def auto_attention(module, query, key, value, attention_mask=None, scaling=None,
         if out is not None:
             return out, None
     half = query.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    grad = needs_grad(query, key, value)
     kind = x.kind
     if half and not grad and not dropout and (kind == "full" or query.shape[2] < FLEX_MIN_QUERIES):
         return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

@@ -1,6 +1,7 @@
 """Backend 'auto' with FlexAttention's FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL
-kernels from `flash-attn-4`) as its flex kernel: SWA prefill and training run the block mask and mask_mod of 'flex',
-band and sink tiles in one pass, forward and backward; plain, full-layer and decode calls are routed as in 'auto'.
+kernels from `flash-attn-4`) as its flex kernel for SWA prefill: the block mask and mask_mod of 'flex', band and sink
+tiles in one pass. Calls that need gradients keep the Triton flex kernel: on sm90, FA4's block-sparse backward
+(4.0.0b36) failed the float64 gradient check at random (BENCHMARKS.md). Other calls are routed as in 'auto'.
 
 Needs CUDA compute capability >= 9.0 (Hopper, Blackwell) and `pip install flash-attn-4`.
 """
@@ -14,6 +15,7 @@ import torch
 
 from swaa.attention.auto import auto_attention
 from swaa.attention.flex import tuning
+from swaa.attention.inputs import needs_grad
 
 KERNEL_OPTIONS = {"BACKEND": "FLASH"}
 
@@ -32,11 +34,14 @@ def fa4_unavailable(device_index: int | None = None) -> str | None:
 
 
 def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Attention with transformers' signature: 'auto' with FlashAttention-4 kernels for its flex calls."""
+    """Attention with transformers' signature: 'auto' with FlashAttention-4 kernels for its flex calls without
+    gradients."""
     if query.device.type != "cuda":
         raise RuntimeError(f"backend 'fa4' needs a CUDA device, got {query.device}")
     reason = fa4_unavailable(query.device.index)
     if reason is not None:
         raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
+    if needs_grad(query, key, value):  # training: Triton flex
+        return auto_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     with tuning(KERNEL_OPTIONS):
         return auto_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

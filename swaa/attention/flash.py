@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from swaa.attention.inputs import LayerInputs, layer_inputs
+from swaa.attention.inputs import LayerInputs, layer_inputs, needs_grad
 from swaa.attention.plain import plain_attention
 from swaa.masks import flash_window
 
@@ -246,7 +246,7 @@ def flash_attention(query, key, value, x: LayerInputs, scale: float, varlen=flas
     if out is not None:
         return out
     plan = x.cached("flash", lambda: _plan(x))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+    if needs_grad(query, key, value):
         return _FlashSWAA.apply(query, key, value, x, plan, scale, varlen, varlen_bwd)
     return flash_forward(query, key, value, x, plan, scale, varlen)[0]
 

@@ -14,7 +14,7 @@ import logging
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from swaa.attention.inputs import LayerInputs, layer_inputs
+from swaa.attention.inputs import LayerInputs, layer_inputs, needs_grad
 from swaa.attention.reference import reference_attention
 from swaa.masks import block_visibility, flex_mask_mod
 
@@ -43,7 +43,7 @@ def flex_attention_fn(module, query, key, value, attention_mask=None, scaling=No
     if dropout:
         raise ValueError(f"backend 'flex' does not support attention dropout (got {dropout}); use 'reference'")
     on_cuda = query.device.type == "cuda"
-    if not on_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+    if not on_cuda and needs_grad(query, key, value):
         _warn_cpu_backward()
         return reference_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     x = layer_inputs(module, query, key)

@@ -31,6 +31,11 @@ class LayerInputs:
         return self.memo[key]
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records this call: grad mode on and some input requires gradients."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def layer_inputs(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> LayerInputs:
     """Look up SWAA's bookkeeping for `module` (an attention layer patched by apply_swaa) and check the shapes."""
     handle = module.__dict__.get("swaa_layer")

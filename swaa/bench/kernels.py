@@ -138,11 +138,13 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     fa4 = fa4_unavailable() is None
     if fa4:  # FlashAttention-4's own causal kernel: flex on its FLASH backend with a causal block mask
         cases.append(_swaa_case("flex", dict(FA4_KERNEL_OPTIONS), None, 0, q, k, v, dout, label="fa4_causal"))
-    variants = [("flash", None)] + [("cudnn", None)] * (importlib.util.find_spec("cudnn") is not None) \
-        + [("fa4", None)] * fa4 + [("flex", t) for t in (flex_tunings or [{}])]
+    # (label, backend, flex tuning); 'fa4' = flex on FA4 forward and backward (backend 'fa4' uses it forward only)
+    cudnn = importlib.util.find_spec("cudnn") is not None
+    variants = [("flash", "flash", None)] + [("cudnn", "cudnn", None)] * cudnn \
+        + [("fa4", "flex", dict(FA4_KERNEL_OPTIONS))] * fa4 \
+        + [(f"flex {json.dumps(t)}" if flex_tunings else "flex", "flex", t) for t in (flex_tunings or [{}])]
     for sink in sinks:
-        for name, tune in variants:
-            label = f"{name} {json.dumps(tune)}" if name == "flex" and flex_tunings else name
+        for label, name, tune in variants:
             cases.append(_swaa_case(name, tune, window, sink, q, k, v, dout, label))
     for name, w, s, fwd, fwd_bwd, err in cases:
         if err is not None and not err < TOLERANCE:
