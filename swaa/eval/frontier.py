@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="layers of the evaluated model (default: %(default)s, SmolLM2)")
     p.add_argument("--fa-run", help="the run whose FA row is every row's reference (default: each run's own)")
     p.add_argument("--threshold", type=float, default=95.0, help="%% of FA to keep (default: %(default)s)")
-    p.add_argument("--tasks", nargs="+", help="% of FA over the cells of these tasks only, space or comma separated "
+    p.add_argument("--tasks", nargs="+", help="%% of FA over the cells of these tasks only, space or comma separated "
                                               "(default: every task)")
     p.add_argument("--out", required=True, help="folder for frontier.md, frontier.csv, frontier.png, headline.json")
     args = p.parse_args(argv)
