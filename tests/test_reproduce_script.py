@@ -51,7 +51,8 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             if config.stem.startswith("swaa_ft"):
                 assert init == "runs/teacher_fa_more/checkpoints/last.ckpt"  # every SWAA-FT from the final teacher
             logger = yaml.safe_load((ROOT / config).read_text())["trainer"]["logger"]["init_args"]
-            trained.append(f"runs/{logger['name']}/checkpoints")  # train.py: <default_root_dir>/<name>/checkpoints
+            name = _flag(args, "--trainer.logger.init_args.name") or logger["name"]
+            trained.append(f"runs/{name}/checkpoints")  # train.py: <default_root_dir>/<name>/checkpoints
         elif args[:2] == ["-m", "swaa.select"]:
             assert str(Path(_flag(args, "--adapter")).parent) in trained
             selected.append(_flag(args, "--out"))
@@ -69,7 +70,8 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
             assert _flag(args, "--fa-run") == "teacher_fa_more"  # % of FA: the teacher every SWAA-FT started from
     assert {f"runs/{run}/checkpoints" for run in ("teacher_fa", "teacher_fa_more", "swaa_ft_fad_half_w1024",
                                                    "swaa_ft_sink_half_w1024",
-                                                   "swaa_ft_fad_greedy_quarter_w1024")} <= set(trained)
+                                                   "swaa_ft_fad_greedy_quarter_w1024",
+                                                   "swaa_ft_fad_greedy_quarter_w1024_kl")} <= set(trained)
     assert selected and "results/selection" in evaluated  # RESULTS.md section 5
     assert runs[-1][:2] == ["-m", "swaa.eval.report"]
 

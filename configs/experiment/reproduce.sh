@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The SmolLM2 results of RESULTS.md from a fresh clone on one GPU: the FA teacher (two stages), the five SWAA
-# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and a SWAA-FT
-# under them, and one table of them all (results/smollm2/table.md).
+# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and two
+# SWAA-FTs under them (cross-entropy; with KL to the teacher), and one table of them all (results/smollm2/table.md).
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
 # Stage times on one H200: teacher 7.3 min, its continuation 5.3 min, each SWAA-FT 4.5-6.5 min alone, its evaluation
 # about 3 min, a grid configuration about 45 s with --decode static (1-2 min with --speed), the selection about 2 min
-# and its 14 configurations of 10 cells about 16 min: 100-120 min in all.
+# and its 14 configurations of 10 cells about 16 min: 110-130 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,7 +40,10 @@ SEL_FT=swaa_ft_fad_greedy_quarter_w1024  # under the committed choice (its confi
 for run in $FT_NAMES $SEL_FT; do
   stage "$run" python train.py fit --config "configs/experiment/$run.yaml" $MODEL_ARG $TEACHER_MORE --ckpt_path last
 done
-for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT; do
+SEL_FT_KL=${SEL_FT}_kl  # the same with KL to the teacher on answer tokens (section 5)
+stage "$SEL_FT_KL" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
+  --model.distill_weight 1.0 --trainer.logger.init_args.name "$SEL_FT_KL" --ckpt_path last
+for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT $SEL_FT_KL; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
@@ -60,11 +63,13 @@ stage eval_selection python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_mo
   --swaa configs/swaa/grid_selection_smollm2.yaml --presets runs/selection/selected.yaml --decode static \
   --out results/selection
 SEL_GRID="--swaa configs/swaa/grid_selection_smollm2.yaml --presets configs/swaa/selected_smollm2_w1024.yaml"
-stage "eval_$SEL_FT" python evaluate.py $EVAL_MODEL --adapter "runs/$SEL_FT/checkpoints/last.ckpt" $SEL_GRID \
-  --configs fa,w1024_sink_fad_greedy_quarter --decode static --out "results/$SEL_FT"
+for run in $SEL_FT $SEL_FT_KL; do
+  stage "eval_$run" python evaluate.py $EVAL_MODEL --adapter "runs/$run/checkpoints/last.ckpt" $SEL_GRID \
+    --configs fa,w1024_sink_fad_greedy_quarter --decode static --out "results/$run"
+done
 stage eval_swaa_ft_fad_half_w1024_selection python evaluate.py $EVAL_MODEL \
   --adapter runs/swaa_ft_fad_half_w1024/checkpoints/last.ckpt $SEL_GRID --configs w1024_sink_fad_half \
   --decode static --out results/swaa_ft_fad_half_w1024_selection  # its odd-layer counterpart on the same tasks
 stage table python -m swaa.eval.report results/teacher_fa_more $(printf 'results/%s ' $FT_NAMES) results/selection \
-  "results/$SEL_FT" results/swaa_ft_fad_half_w1024_selection \
+  "results/$SEL_FT" "results/$SEL_FT_KL" results/swaa_ft_fad_half_w1024_selection \
   --out results/smollm2 --fa-run teacher_fa_more   # table.md, table.csv, accuracy.png, speed.png
