@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from swaa import SWAAConfig
-from swaa.eval.frontier import frontier_table, full_fraction, headline, main, markdown
+from swaa.eval.frontier import frontier_table, full_fraction, headline, main, markdown, plot_frontier
 from swaa.eval.results import ResultStore, load_records, make_key, of_tasks
 
 # evaluated on a 8-layer model: accuracy per config (every cell)
@@ -19,11 +19,12 @@ TIMED = {"fa": (None, False, 1.0), "swa_all": ([], False, 2.2), "swa_quarter_fad
          "swa_half_fad": ("odd", True, 1.4), "swa_half": ("odd", False, 1.41)}
 
 
-def records(tmp_path):
+def records(tmp_path, adapter=None):
     store = ResultStore(tmp_path / "results")
     for name, (config, accuracy) in EVALUATED.items():
         for task in ("passkey", "niah_single"):
-            key = make_key(model="/m/model.gguf", model_id="id", adapter=None, adapter_id=None, swaa_tag=config.tag,
+            key = make_key(model="/m/model.gguf", model_id="id", adapter=adapter, adapter_id=adapter and "a",
+                           swaa_tag=config.tag,
                            swaa=config.to_dict(), task=task, length=1024, n=10, seed=0, max_new_tokens=8,
                            prompt_template="t", scorer="contains", data_id=None)
             store.add(key, [1.0] * int(10 * accuracy) + [0.0] * (10 - int(10 * accuracy)), [{}] * 10, 1.0,
@@ -76,6 +77,17 @@ def test_a_config_without_a_timed_fraction_reads_n_a(tmp_path):
     assert row.endswith("| n/a | n/a | n/a |"), row
 
 
+def test_plot_has_one_labelled_series_per_run(tmp_path):
+    two = frontier_table(records(tmp_path / "a") + records(tmp_path / "b", adapter="/runs/tuned"), bench_json(),
+                         65536, depth=8)
+    ax = plot_frontier(two, 95.0, 65536).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["model.gguf", "model.gguf + tuned"] == list(dict.fromkeys(two["run"]))
+    assert len(ax.containers) == 2  # one errorbar series each
+    assert plot_frontier(frontier_table(records(tmp_path / "c"), bench_json(), 65536, depth=8), 95.0,
+                         65536).axes[0].get_legend() is None  # one run: no legend
+
+
 def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
     records(tmp_path)
     (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
@@ -98,13 +110,15 @@ def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
 def test_results_md_frontier_is_what_the_committed_records_and_benchmark_give():
     """RESULTS.md section 6 shows the frontier table and headline exactly as computed from the committed files."""
     root = Path(__file__).resolve().parent.parent
-    records = of_tasks(load_records(root / "records" / "smollm2_selection"), ["niah_multikey", "niah_multivalue"])
+    records = of_tasks(load_records([root / "records" / "smollm2_selection", root / "records" /
+                                     "smollm2_selection_swaa_ft"]), ["niah_multikey", "niah_multivalue"])
     bench = json.loads((root / "benchmarks" / "model_h100_qwen3_4b_liger_fa4_64k_128k.json").read_text())
     text = (root / "RESULTS.md").read_text()
-    assert "--speed benchmarks/model_h100_qwen3_4b_liger_fa4_64k_128k.json --length 65536" in text
+    assert ("records/smollm2_selection records/smollm2_selection_swaa_ft --fa-run teacher_fa_more" in text
+            and "--speed benchmarks/model_h100_qwen3_4b_liger_fa4_64k_128k.json \\\n    --length 65536" in text)
     for length, figure in ((65536, "**2.18x at 64k**"), (131072, "**3.08x at 128k**")):
-        table = frontier_table(records, bench, length, depth=30)
+        table = frontier_table(records, bench, length, depth=30, fa_run="teacher_fa_more")
         best = headline(table, 95.0)
         assert best["config"] == "w1024_sink_fad_greedy_5of30" and f"**{best['prefill_speedup']:.2f}x" in figure
         assert f"{best['% of FA']:.1f} ± {best['% of FA se']:.1f}" == "97.4 ± 1.6" and figure in text
-    assert markdown(frontier_table(records, bench, 65536, depth=30)) in text
+    assert markdown(frontier_table(records, bench, 65536, depth=30, fa_run="teacher_fa_more")) in text

@@ -85,15 +85,18 @@ def headline(table: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
 
 
 def plot_frontier(table: pd.DataFrame, threshold: float, length: int) -> Figure:
-    """Accuracy (% of FA, ± se) against prefill speedup, one point per evaluated configuration."""
+    """Accuracy (% of FA, ± se) against prefill speedup, one point per evaluated configuration, one colour per run."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     timed = table[table["prefill_speedup"].notna()]
-    ax.errorbar(timed["prefill_speedup"], timed["% of FA"], yerr=timed["% of FA se"], fmt="o", capsize=3)
+    for run, rows in timed.groupby("run", sort=False):
+        ax.errorbar(rows["prefill_speedup"], rows["% of FA"], yerr=rows["% of FA se"], fmt="o", capsize=3, label=run)
     for _, r in timed.iterrows():
         ax.annotate(f"{r['config']}", (r["prefill_speedup"], r["% of FA"]), fontsize=7, xytext=(4, 2),
                     textcoords="offset points")
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    if timed["run"].nunique() > 1:
+        ax.legend(fontsize=7, loc="lower left")
     ax.set_xlabel(f"prefill speedup over FA at {length // 1024}k tokens")
     ax.set_ylabel("accuracy, % of FA")
     return fig
