@@ -199,8 +199,9 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
         assert command in text and markdown_table(summary_table(records)) in text
     after_ft = of_configs(load_records([root / "records" / "smollm2_selection", root / "records" /
                                         "smollm2_selection_swaa_ft"]),
-                          ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter"])
-    command = "--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter --out"
+                          ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter", "w1024_sink_fad_greedy_4of30"])
+    command = ("--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter "
+               "w1024_sink_fad_greedy_4of30 --out")
     assert command in text
     for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
         assert markdown_table(summary_table(records, "teacher_fa_more")) in text
