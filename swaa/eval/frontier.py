@@ -84,6 +84,13 @@ def headline(table: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
     return None if kept.empty else kept.loc[kept["prefill_speedup"].idxmax()].to_dict()
 
 
+def headline_text(table: pd.DataFrame, threshold: float) -> str:
+    """The headline in one line, e.g. 'largest prefill speedup at >= 95% of FA: 2.18x (config, 97.4%)'."""
+    best = headline(table, threshold)
+    return f"largest prefill speedup at >= {threshold:g}% of FA: " + (
+        "none" if best is None else f"{best['prefill_speedup']:.2f}x ({best['config']}, {best['% of FA']:.1f}%)")
+
+
 def plot_frontier(table: pd.DataFrame, threshold: float, length: int) -> Figure:
     """Accuracy (% of FA, ± se) against prefill speedup, one point per evaluated configuration, one colour per run."""
     fig = Figure(figsize=(8, 5), layout="constrained")
@@ -154,9 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"swaa.eval.frontier: error: {e}")
     paths = write_frontier(table, args.threshold, args.length, args.out)
     print(markdown(table))
-    best = headline(table, args.threshold)
-    print(f"largest prefill speedup at >= {args.threshold:g}% of FA: " + (
-        "none" if best is None else f"{best['prefill_speedup']:.2f}x ({best['config']}, {best['% of FA']:.1f}%)"))
+    print(headline_text(table, args.threshold))
     for name, path in paths.items():
         print(f"{name}: {path}")
 
