@@ -10,11 +10,12 @@ import pytest
 from nbclient import NotebookClient
 
 from swaa.eval.frontier import frontier_table, headline_text
-from swaa.eval.results import load_records
+from swaa.eval.results import load_records, of_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "results"
 SPEED = "../benchmarks/model_h100_qwen3_4b_liger_fa4_64k_128k.json"
+TRAINED = ["niah_multikey", "niah_multivalue"]
 
 
 @pytest.mark.parametrize("results, speed, plots", [
@@ -30,7 +31,8 @@ def test_notebook_executes(monkeypatch, results, speed, plots):
         nb.cells[1].source = f"RESULTS = {results!r}"
     speed_cell = next(c for c in nb.cells if c.source.startswith("SPEED = None"))
     if speed is not None:
-        speed_cell.source = speed_cell.source.replace("SPEED = None", f"SPEED = {speed!r}", 1)
+        speed_cell.source = speed_cell.source.replace("SPEED = None", f"SPEED = {speed!r}", 1).replace(
+            "TASKS = None", f"TASKS = {TRAINED!r}", 1)
     NotebookClient(nb, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -44,6 +46,6 @@ def test_notebook_executes(monkeypatch, results, speed, plots):
     assert bool(frontier) == (speed is not None)
     if speed is not None:  # the headline swaa.eval.frontier computes from the same files
         bench = json.loads((ROOT / "notebooks" / speed).read_text())
-        table = frontier_table(load_records(ROOT / "notebooks" / results), bench, 65536, depth=30)
+        table = frontier_table(of_tasks(load_records(ROOT / "notebooks" / results), TRAINED), bench, 65536, depth=30)
         text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
         assert headline_text(table, 95.0) in text and "x (" in headline_text(table, 95.0)
