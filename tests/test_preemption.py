@@ -41,7 +41,9 @@ TWO_PROCESSES = [
 def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subprocess.Popen:
     """train.py fit of the smoke config for STEPS steps from `cwd`, recording the samples (and `weights`) of every step
     into `cwd`. In float64: float32 kernels round differently from one process to the next (~1e-7), which Adam
-    amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger."""
+    amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger. With one
+    intra-op thread: with two, about one resumed process in eight computed its first step's q/k gradients 1e-4 off
+    (relative; the same values each time, never with one thread), which failed the comparison at random."""
     parallel = ["--trainer.devices", "2", "--trainer.strategy", "ddp"] if devices == 2 else []
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "smoke.yaml"),
                "--data.init_args.cache_dir", str(cwd.parent / "cache"),
@@ -50,7 +52,8 @@ def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subpro
                "--trainer.callbacks+=preemption_hooks.RecordSamples", f"--trainer.callbacks.out={cwd}",
                f"--trainer.callbacks.weights={weights}", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "MKL_CBWR": "AUTO,STRICT"}  # MKL's results otherwise depend on memory alignment: runs differed by ~1e-6
+           "MKL_CBWR": "AUTO,STRICT",  # MKL's results otherwise depend on memory alignment: runs differed by ~1e-6
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
