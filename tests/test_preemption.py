@@ -41,7 +41,7 @@ TWO_PROCESSES = [
 def start(cwd: Path, devices: int, *extra: str, weights: bool = False) -> subprocess.Popen:
     """train.py fit of the smoke config for STEPS steps from `cwd`, recording the samples (and `weights`) of every step
     into `cwd`. In float64: float32 kernels round differently from one process to the next (~1e-7), which Adam
-    amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger. With one
+    amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger. Runs on one
     intra-op thread: with two, about one resumed process in eight computed its first step's q/k gradients 1e-4 off
     (relative; the same values each time, never with one thread), which failed the comparison at random."""
     parallel = ["--trainer.devices", "2", "--trainer.strategy", "ddp"] if devices == 2 else []
