@@ -24,9 +24,8 @@ def records(tmp_path, adapter=None):
     for name, (config, accuracy) in EVALUATED.items():
         for task in ("passkey", "niah_single"):
             key = make_key(model="/m/model.gguf", model_id="id", adapter=adapter, adapter_id=adapter and "a",
-                           swaa_tag=config.tag,
-                           swaa=config.to_dict(), task=task, length=1024, n=10, seed=0, max_new_tokens=8,
-                           prompt_template="t", scorer="contains", data_id=None)
+                           swaa_tag=config.tag, swaa=config.to_dict(), task=task, length=1024, n=10, seed=0,
+                           max_new_tokens=8, prompt_template="t", scorer="contains", data_id=None)
             store.add(key, [1.0] * int(10 * accuracy) + [0.0] * (10 - int(10 * accuracy)), [{}] * 10, 1.0,
                       config_name=name)
     return store.records()
