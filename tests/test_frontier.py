@@ -121,3 +121,8 @@ def test_results_md_frontier_is_what_the_committed_records_and_benchmark_give():
         assert best["config"] == "w1024_sink_fad_greedy_5of30" and f"**{best['prefill_speedup']:.2f}x" in figure
         assert f"{best['% of FA']:.1f} ± {best['% of FA se']:.1f}" == "97.4 ± 1.6" and figure in text
     assert markdown(frontier_table(records, bench, 65536, depth=30, fa_run="teacher_fa_more")) in text
+    similar = of_tasks(load_records(root / "records" / "smollm2_selection_teacher_similar"),
+                       ["niah_multikey", "niah_multivalue", "niah_similar"])
+    best = headline(frontier_table(similar, bench, 65536, depth=30, fa_run="teacher_fa_similar"), 95.0)
+    assert best["config"] == "w1024_sink_fad_greedy_5of30"
+    assert f"the same headline, {best['prefill_speedup']:.2f}x at {best['% of FA']:.1f}% ± {best['% of FA se']:.1f}" in text

@@ -197,6 +197,10 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     for records, command in [(selection, "report records/smollm2_selection --out"),
                              (trained, "report records/smollm2_selection --tasks niah_multikey niah_multivalue --out")]:
         assert command in text and markdown_table(summary_table(records)) in text
+    similar = load_records(root / "records" / "smollm2_selection_teacher_similar")
+    assert "python -m swaa.eval.report records/smollm2_selection_teacher_similar --out" in text
+    for records in (similar, of_tasks(similar, ["niah_multikey", "niah_multivalue", "niah_similar"])):
+        assert markdown_table(summary_table(records)) in text
     after_ft = of_configs(load_records([root / "records" / "smollm2_selection", root / "records" /
                                         "smollm2_selection_swaa_ft"]),
                           ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter", "w1024_sink_fad_greedy_4of30"])
