@@ -49,6 +49,18 @@ def test_select_grid(tmp_path):
         select_grid(str(grid), names=["fa", "bogus"])
 
 
+def test_select_grid_reads_preset_names_from_a_presets_file_of_its_own(tmp_path):
+    """`--presets selected.yaml --swaa NAME` (what swaa.select writes): the names come from that file, the settings
+    from the default grid, whose own configs name only bundled presets."""
+    presets = tmp_path / "selected.yaml"
+    presets.write_text("greedy_w64_s4_fad_2of8: {window: 64, sink: 4, fa_decode: true, full_layers: [1, 5]}\n")
+    configs, settings = select_grid("greedy_w64_s4_fad_2of8", presets)
+    assert configs == {"greedy_w64_s4_fad_2of8": SWAAConfig(window=64, sink=4, fa_decode=True, full_layers=[1, 5])}
+    assert settings == load_grid(DEFAULT_GRID)[1]
+    with pytest.raises(ValueError, match="unknown SWAA preset 'sink'"):
+        select_grid("sink", presets)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(tasks=["passkey", "nope"]), r"unknown task\(s\) \['nope'\]; allowed: passkey"),
     (dict(scorer="fuzzy"), r"unknown scorer 'fuzzy'; allowed: exact, contains"),

@@ -71,8 +71,9 @@ def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
     """(configs, grid settings) of evaluate.py's --swaa (a grid YAML, or a spec with the default grid's settings;
     None = the default grid) and --configs (these configurations only, by name)."""
     grid_file = swaa if swaa and swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
-    configs, settings = load_grid(grid_file, presets_path)
-    if swaa and grid_file == DEFAULT_GRID:
+    spec = bool(swaa) and grid_file == DEFAULT_GRID  # the default grid gives only its settings, from bundled presets
+    configs, settings = load_grid(grid_file, None if spec else presets_path)
+    if spec:
         configs = parse_swaa_spec(swaa, presets_path)
     if names:
         unknown = [name for name in names if name not in configs]
