@@ -1,6 +1,6 @@
 """SWAAConfig: the four SWAA knobs (window, sink, fa_decode, full_layers), validated at construction.
 
-Semantics are DESIGN.md section 2. `layer_kinds(depth)` expands the config into one kind per layer, once.
+Semantics are docs/semantics.md. `layer_kinds(depth)` expands the config into one kind per layer, once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one definition of "visible" for SWAA (DESIGN.md section 2), and its dense and FlexAttention derivations.
+"""The one definition of "visible" for SWAA (docs/semantics.md), and its dense and FlexAttention derivations.
 
 Positions are 0-based positions of real tokens in their sequence; padding keys and queries carry position -1.
 """
