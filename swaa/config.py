@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 LayerKind = Literal["full", "swa", "swa_fa_decode"]
-_PATTERN = re.compile(r"^every:(\d+):from:(\d+)$")
+_PATTERN = re.compile(r"every:([0-9]+):from:([0-9]+)")  # fullmatch only
 PRESETS_FILE = "presets.yaml"  # bundled with the package, beside this module
 PATTERN_HELP = "'odd', 'even', 'every:K:from:J' (K >= 1, J >= 0), or a list of 0-based layer indices"
 
@@ -52,12 +52,16 @@ class SWAAConfig:
             raise ValueError(f"SWAAConfig.sink={self.sink!r}: expected an int >= 0")
         if w is None and self.sink:
             raise ValueError(f"SWAAConfig.sink={self.sink}: sink tokens need a window; set window or sink=0")
+        for field in ("fa_decode", "full_layers"):
+            if w is None and getattr(self, field):
+                raise ValueError(f"SWAAConfig.{field}={getattr(self, field)!r}: needs a window (without one every "
+                                 f"layer is full attention); set window or leave {field} empty")
         if not isinstance(self.fa_decode, bool):
             object.__setattr__(self, "fa_decode", _check_index_list("fa_decode", self.fa_decode))
         if isinstance(self.full_layers, str):
-            if self.full_layers not in ("odd", "even") and not _PATTERN.match(self.full_layers):
+            if self.full_layers not in ("odd", "even") and not _PATTERN.fullmatch(self.full_layers):
                 raise ValueError(f"SWAAConfig.full_layers={self.full_layers!r}: expected {PATTERN_HELP}")
-            m = _PATTERN.match(self.full_layers)
+            m = _PATTERN.fullmatch(self.full_layers)
             if m and int(m.group(1)) < 1:
                 raise ValueError(f"SWAAConfig.full_layers={self.full_layers!r}: K in every:K:from:J must be >= 1")
         else:
@@ -75,7 +79,10 @@ class SWAAConfig:
         if spec == "even":
             return list(range(0, depth, 2))
         if isinstance(spec, str):
-            k, j = map(int, _PATTERN.match(spec).groups())
+            k, j = map(int, _PATTERN.fullmatch(spec).groups())
+            if j >= depth:
+                raise ValueError(f"SWAAConfig.full_layers={spec!r}: starts at layer {j}, beyond a model with {depth} "
+                                 f"layers (allowed J: 0..{depth - 1})")
             return list(range(j, depth, k))
         _check_depth("full_layers", spec, depth)
         return list(spec)

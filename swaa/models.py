@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from swaa.tiny import build_tiny_model, is_tiny_spec, tiny_config
+from swaa.tiny import build_tiny_model, is_tiny_spec, parse_tiny_spec, tiny_config
 
 log = logging.getLogger(__name__)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,10 +67,25 @@ def load_config(path: str | Path | None = None) -> PretrainedConfig:
     return AutoConfig.from_pretrained(name, **kwargs)
 
 
+def check_device(device: str | torch.device, field: str = "device") -> torch.device:
+    """`device` as a torch.device; a malformed name or CUDA on a machine without it is an error naming `field`."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{field}={str(device)!r}: expected a torch device such as cpu, cuda or cuda:1") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{field}={str(device)!r}: no CUDA device is available here (use cpu)")
+    return resolved
+
+
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """Tokenizer for `path` (default and tiny specs: SmolLM2), left-padded for batched generation, with a pad token."""
+    """Tokenizer for `path` (default and tiny specs: SmolLM2), left-padded for batched generation, with a pad token;
+    a tiny spec's vocabulary must hold the tokenizer's ids."""
     name, kwargs = _from_pretrained_args(None if is_tiny_spec(path) else path)
     tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    if is_tiny_spec(path) and parse_tiny_spec(str(path))[2] < len(tok):
+        raise ValueError(f"model={path!r}: vocab {parse_tiny_spec(str(path))[2]} is smaller than the SmolLM2 "
+                         f"tokenizer's {len(tok)} tokens that text tasks use; give a vocab >= {len(tok)}")
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

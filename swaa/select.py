@@ -35,7 +35,7 @@ from swaa.eval.datasets import load_eval_file
 from swaa.files import write_atomic
 from swaa.integration import answer_start, apply_swaa, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns
-from swaa.models import base_model, load_config, load_model, load_tokenizer
+from swaa.models import base_model, check_device, load_config, load_model, load_tokenizer
 from swaa.tasks.generators import Sample, make_samples, train_answer
 
 log = logging.getLogger(__name__)
@@ -409,6 +409,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
     args = p.parse_args(argv)
     args.tasks, args.budget = split_values(args.tasks), split_values(args.budget)
+    for flag, values in (("--tasks", args.tasks), ("--budget", args.budget)):
+        if values == []:  # e.g. "--budget ,": given, but empty
+            p.error(f"{flag}: no values given")
     args.lengths = int_values(p, "--lengths", args.lengths)
     return args
 
@@ -422,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.model)
         budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
         SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)
+        check_device(args.device, "--device")
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
         tokenizer = load_tokenizer(args.model)

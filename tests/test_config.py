@@ -33,6 +33,9 @@ def test_round_trip_and_tag():
     ({"window": 8, "full_layers": [1, 1]}, ["duplicate"]),
     ({"window": 8, "fa_decode": [-1]}, ["fa_decode", ">= 0"]),
     ({"window": 8, "fa_decode": "yes"}, ["fa_decode"]),
+    ({"window": 8, "full_layers": "every:4:from:3\n"}, ["every:K:from:J"]),
+    ({"full_layers": [1]}, ["full_layers=[1]", "needs a window"]),
+    ({"fa_decode": True}, ["fa_decode=True", "needs a window"]),
 ])
 def test_invalid_values_name_field_and_value(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -46,6 +49,8 @@ def test_layer_index_beyond_depth():
         SWAAConfig(window=8, full_layers=[1, 7]).layer_kinds(4)
     with pytest.raises(ValueError, match="fa_decode"):
         SWAAConfig(window=8, fa_decode=[4]).layer_kinds(4)
+    with pytest.raises(ValueError, match=r"'every:4:from:30': starts at layer 30, beyond a model with 4 layers"):
+        SWAAConfig(window=8, full_layers="every:4:from:30").layer_kinds(4)
 
 
 def test_unknown_key():

@@ -48,6 +48,16 @@ def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
         evaluate.main(["--data", str(data)])
 
 
+def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch, tmp_path):
+    """A grid whose second config names layer 5 of a 2-layer model fails before the first config is evaluated."""
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: (_ for _ in ()).throw(AssertionError("loaded")))
+    swaa = '{"a": {}, "b": {"window": 8, "full_layers": [5]}}'
+    with pytest.raises(SystemExit, match=r"config b: SWAAConfig.full_layers: layer indices \[5\] out of range"):
+        evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", swaa, "--tasks", "passkey", "--lengths", "256",
+                       "--n", "1", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
     evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa,sink", "--configs", "fa,naive_swa",

@@ -1,6 +1,7 @@
 """The grid: configs from a grid YAML, preset names or inline JSON; GridSettings checks every field when built."""
 
 import pytest
+import torch
 
 from swaa import SWAAConfig
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, load_grid, parse_swaa_spec, select_grid
@@ -49,6 +50,17 @@ def test_select_grid(tmp_path):
         select_grid(str(grid), names=["fa", "bogus"])
 
 
+def test_inline_json_with_an_unknown_field_names_it():
+    with pytest.raises(ValueError, match=r"unknown SWAA config key\(s\) \['foo'\]"):
+        parse_swaa_spec('{"window": 8, "foo": 1}')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_an_error():
+    with pytest.raises(ValueError, match=r"device='cuda': no CUDA device is available here"):
+        GridSettings(tasks=["passkey"], lengths=[256], device="cuda")
+
+
 def test_select_grid_reads_preset_names_from_a_presets_file_of_its_own(tmp_path):
     """`--presets selected.yaml --swaa NAME` (what swaa.select writes): the names come from that file, the settings
     from the default grid, whose own configs name only bundled presets."""
@@ -75,6 +87,8 @@ def test_select_grid_reads_preset_names_from_a_presets_file_of_its_own(tmp_path)
     (dict(tasks=None), r"tasks=None, lengths=\[256\]: give tasks and lengths"),
     (dict(decode="fast"), r"decode='fast': expected one of \('generate', 'static'\)"),
     (dict(device="gpu0"), r"device='gpu0': expected a torch device"),
+    (dict(tasks="passkey"), r"tasks='passkey': expected a list"),
+    (dict(lengths=256), r"lengths=256: expected a list"),
 ])
 def test_bad_settings_name_field_value_and_range(fields, message):
     with pytest.raises(ValueError, match=message):

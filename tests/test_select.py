@@ -189,7 +189,19 @@ def test_cli_several_budgets_share_their_passes(tmp_path, capsys):
     (["--budget", "4"], r"budget='4' means every layer full .* 1\.\.3"),
     (["--budget", "0"], r"budget='0' means no full layer"),
     (["--budget", "1", "--model", "tiny:llama:1:49152"], r"1 layer"),
+    (["--budget", "1", "--device", "bogus"], r"--device='bogus': expected a torch device"),
+    (["--budget", "1", "--model", "tiny:llama:4:256"], r"vocab 256 is smaller than the SmolLM2 tokenizer's"),
 ])
 def test_cli_errors_name_the_field_and_range(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         main(["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"), *argv])
+
+
+@pytest.mark.parametrize("flag", ["--budget", "--tasks"])
+def test_cli_option_given_without_values_is_an_error(flag, tmp_path, capsys):
+    """'--tasks ,' (every value empty) must not fall back to the defaults."""
+    argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"), "--budget", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, flag, ","])
+    assert exit_info.value.code == 2 and f"{flag}: no values given" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()

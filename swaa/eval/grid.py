@@ -9,13 +9,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from swaa import SWAAConfig, load_presets
 from swaa.attention import BACKENDS
 from swaa.config import resolve_swaa
 from swaa.generation import DECODE_MODES
+from swaa.models import check_device
 from swaa.tasks.generators import TASKS
 from swaa.tasks.scorers import SCORERS
 
@@ -58,7 +58,7 @@ def parse_swaa_spec(spec: str, presets_path: str | Path | None = None) -> dict[s
             data = json.loads(spec)
         except json.JSONDecodeError as e:
             raise ValueError(f"--swaa {spec!r}: invalid JSON ({e})") from e
-        if not data or set(data) <= {f.name for f in dataclasses.fields(SWAAConfig)}:
+        if not data or set(data) & {f.name for f in dataclasses.fields(SWAAConfig)}:  # one config (unknown keys: error)
             config = resolve_swaa(data, where="--swaa")
             return {config.tag: config}
         return _named_configs(data, presets_path, "--swaa")
@@ -115,6 +115,9 @@ class GridSettings:
             _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r}: expected an int")
+        for name in ("tasks", "lengths"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (list, tuple)):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a list")
         if self.data_file is None:
             if not self.tasks or not self.lengths:
                 raise ValueError(f"tasks={self.tasks!r}, lengths={self.lengths!r}: give tasks and lengths for "
@@ -137,7 +140,4 @@ class GridSettings:
             raise ValueError(f"decode={self.decode!r}: expected one of {DECODE_MODES}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: expected one of {sorted(BACKENDS)}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(f"device={self.device!r}: expected a torch device such as cpu, cuda or cuda:1") from e
+        check_device(self.device)

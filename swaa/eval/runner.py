@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa import SWAAConfig, apply_swaa, remove_swaa
 from swaa.checkpoints import load_adapter
@@ -110,12 +110,12 @@ def _warn_short_answers(cells: list[Cell], tokenizer: PreTrainedTokenizerBase, m
                     "raise max_new_tokens to %d", max_new_tokens, short, max(short.values()))
 
 
-def _model_identity(model_path: str | Path | None) -> tuple[str, str, int]:
-    """(name, identity hash, context length) of a model path or tiny spec, without loading its weights."""
+def _model_identity(model_path: str | Path | None) -> tuple[str, str, PretrainedConfig]:
+    """(name, identity hash, config) of a model path or tiny spec, without loading its weights."""
     if is_tiny_spec(model_path):
-        return str(model_path), str(model_path), load_config(model_path).max_position_embeddings
+        return str(model_path), str(model_path), load_config(model_path)
     path = Path(model_path) if model_path is not None else default_model_path()
-    return str(path), path_identity(path), load_config(path).max_position_embeddings
+    return str(path), path_identity(path), load_config(path)
 
 
 def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
@@ -132,17 +132,23 @@ def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
 
 def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path: str | Path | None = None,
               adapter: str | Path | None = None, loaded: LoadedModel | None = None) -> Plan:
-    """Check the configs, the data and every prompt length against the model's context, and make the cells; loads
-    the tokenizer, not the model."""
+    """Check the configs against the model's depth, the data and every prompt length against its context, and make
+    the cells; loads the tokenizer, not the model."""
     if not configs or not all(isinstance(c, SWAAConfig) for c in configs.values()):
         raise ValueError(f"configs: expected a non-empty mapping name -> SWAAConfig, got {configs!r}")
     if loaded is not None and (model_path is not None or adapter is not None):
         raise ValueError("give a loaded model or a model path (with an adapter), not both")
     file_samples = load_eval_file(settings.data_file, limit=settings.n) if settings.data_file is not None else None
     if loaded is None:
-        model_name, model_id, context = _model_identity(model_path)
+        model_name, model_id, model_config = _model_identity(model_path)
     else:
-        model_name, model_id, context = loaded.model_id, loaded.model_id, loaded.model.config.max_position_embeddings
+        model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
+    context = model_config.max_position_embeddings
+    for name, config in configs.items():
+        try:
+            config.layer_kinds(model_config.num_hidden_layers)
+        except ValueError as e:
+            raise ValueError(f"config {name}: {e}") from e
     if settings.lengths:
         _check_context({f"length {x}": x for x in settings.lengths}, context, settings.max_new_tokens)
     tokenizer = load_tokenizer(model_path) if loaded is None else loaded.tokenizer
