@@ -12,7 +12,7 @@ from swaa import SWAAConfig
 from swaa.attention import BACKENDS
 from swaa.bench.model import BenchConfig, builtin_configs, markdown, parse_configs, run
 
-SHAPE, WINDOW, SINK, LENGTHS = "tiny:qwen3:2:256", 32, 4, [64, 128]
+SHAPE, WINDOW, SINK, LENGTHS = "tiny:qwen3:4:256", 32, 4, [64, 128]
 SWAA_NAMES = ["swa_all", "swa_all_fad", "swa_half", "swa_half_fad", "swa_quarter", "swa_quarter_fad"]
 
 
