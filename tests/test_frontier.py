@@ -106,6 +106,36 @@ def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
               str(tmp_path / "x")])
 
 
+def test_cli_rejects_a_bad_depth_threshold_or_speed_file(tmp_path, capsys):
+    records(tmp_path)
+    (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
+    (tmp_path / "kernels.json").write_text(json.dumps({"meta": {"gpu": "x"}, "rows": []}))
+    args = [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--out", str(tmp_path / "out")]
+    for bad, message in ((["--depth", "0"], "--depth: expected the evaluated model's number of layers, an int >= 1"),
+                         (["--threshold", "nan"], "--threshold: expected a finite % of FA > 0; got nan"),
+                         (["--threshold", "-5"], "--threshold: expected a finite % of FA > 0; got -5.0")):
+        with pytest.raises(SystemExit) as e:
+            main(args + bad)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--depth=4 is not the evaluated model's number of layers: config "
+                                         r"quarter_fad: .*\[5\] out of range.*largest listed layer index in the "
+                                         r"records: 5\)"):
+        main(args + ["--depth", "4"])  # quarter_fad lists layers 2 and 5
+    patterns_only = [r for r in load_records(tmp_path / "results") if r["config_name"] != "quarter_fad"]
+    with pytest.raises(ValueError, match="--depth=1 .* config half_fad: full_layers='odd' picks none of 1 layers"):
+        frontier_table(patterns_only, bench_json(), 65536, depth=1)  # 'odd' needs 2 layers
+    with pytest.raises(SystemExit, match=r"--speed .*kernels.json: expected the JSON of `python -m swaa.bench model`"
+                                         r".*KeyError: 'model'"):
+        main([str(tmp_path / "results"), "--speed", str(tmp_path / "kernels.json"), "--out", str(tmp_path / "x")])
+
+
+def test_a_run_without_an_fa_row_is_an_error_that_says_how_to_get_one(tmp_path):
+    no_fa = [r for r in records(tmp_path) if r["config_name"] != "fa"]
+    with pytest.raises(ValueError, match=r"run\(s\) \['model.gguf'\] have no full-attention row .* evaluate them "
+                                         r"with config `fa` too, or pass --fa-run"):
+        frontier_table(no_fa, bench_json(), 65536, depth=8)
+
+
 def test_results_md_frontier_is_what_the_committed_records_and_benchmark_give():
     """RESULTS.md section 6 shows the frontier table and headline exactly as computed from the committed files."""
     root = Path(__file__).resolve().parent.parent

@@ -118,6 +118,22 @@ def test_cli_tasks_keeps_only_their_cells(tmp_path, capsys):
     assert "--tasks: ['bogus'] not in the records; they have ['niah_single', 'passkey']" in capsys.readouterr().err
 
 
+def test_cli_input_errors_are_parser_errors(tmp_path, capsys):
+    """A missing or empty results folder, an empty results file, an unknown --fa-run, an empty --tasks: exit 2."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty_file").mkdir()
+    (tmp_path / "empty_file" / "results.jsonl").write_text("")
+    _records(tmp_path / "r", speed=False)
+    for args, message in (([str(tmp_path / "nowhere")], "no results at"),
+                          ([str(tmp_path / "empty")], "no results at"),
+                          ([str(tmp_path / "empty_file")], "no evaluation records in"),
+                          ([str(tmp_path / "r"), "--fa-run", "nope"], "fa_run='nope' matches 0 runs"),
+                          ([str(tmp_path / "r"), "--tasks", ","], "--tasks: got an empty list")):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--out", str(tmp_path / "out")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_empty_records():
     with pytest.raises(ValueError, match="no evaluation records"):
         summary_table([])

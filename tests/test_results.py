@@ -86,7 +86,9 @@ def test_of_configs_keeps_those_rows_and_names_missing_ones(tmp_path):
         store.add(_key(swaa_tag=name), [1.0], [{"i": 0}], time_s=0.5, config_name=name)
     records = store.records()
     assert [r["config_name"] for r in of_configs(records, ["w256"])] == ["w256"]
-    assert of_configs(records, []) == records
+    assert of_configs(records, None) == records
+    with pytest.raises(ValueError, match="--configs: got an empty list; name at least one, or leave --configs out"):
+        of_configs(records, [])  # e.g. `--configs ,`
     with pytest.raises(ValueError, match=r"--configs: \['half'\] not in the records; they have \['fa', 'w256'\]"):
         of_configs(records, ["fa", "half"])
 
@@ -121,6 +123,14 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     path.write_text('{"key_hash": "a"}\nnot json\n{"key_hash": "b"}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2: not a JSON record"):
         ResultStore(tmp_path)
+
+
+def test_a_line_without_key_hash_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key_hash": "a"}\n{"a": 1}\n')
+    for load in (load_records, ResultStore):
+        with pytest.raises(ValueError, match=r"results.jsonl:2: not an evaluation record \(no 'key_hash' field\)"):
+            load(tmp_path)
 
 
 def test_later_record_for_the_same_key_wins(tmp_path):

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from swaa.cli import split_values
 from swaa.config import SWAAConfig
-from swaa.eval.report import config_label, summary_table
+from swaa.eval.report import FA_TAG, config_label, summary_table
 from swaa.eval.results import load_records, of_tasks
 from swaa.files import write_atomic
 
@@ -34,6 +34,32 @@ FRACTION_TOLERANCE = 0.05  # an evaluated and a timed configuration match when t
 def full_fraction(config: SWAAConfig, depth: int) -> float:
     """Share of the `depth` layers that keep full attention (1.0 for plain FA)."""
     return 1.0 if not config.enabled else len(config.full_layer_indices(depth)) / depth
+
+
+def check_depth(configs: dict[str, SWAAConfig], depth: int) -> None:
+    """Each config's layer indices must lie below `depth` and its full_layers pattern must pick a layer: else
+    --depth is not the evaluated model's number of layers, an error naming it."""
+    for name, config in configs.items():
+        try:
+            config.layer_kinds(depth)  # an index >= depth is an error
+            if config.full_layers and not config.full_layer_indices(depth):
+                raise ValueError(f"full_layers={config.full_layers!r} picks none of {depth} layers")
+        except ValueError as e:
+            listed = [i for c in configs.values() for spec in (c.full_layers, c.fa_decode) if isinstance(spec, list)
+                      for i in spec]
+            raise ValueError(f"--depth={depth} is not the evaluated model's number of layers: config {name}: {e} "
+                             f"(largest listed layer index in the records: {max(listed, default='none')})") from e
+
+
+def load_speed(path: str | Path) -> dict[str, Any]:
+    """The JSON that `python -m swaa.bench model` wrote at `path`; any other file is an error naming --speed."""
+    try:
+        bench = json.loads(Path(path).read_text())
+        bench["meta"]["model"]["num_hidden_layers"], bench["meta"]["configs"], bench["rows"]  # what speed_rows reads
+    except (OSError, ValueError, LookupError, TypeError) as e:
+        raise ValueError(f"--speed {path}: expected the JSON of `python -m swaa.bench model` (meta.model."
+                         f"num_hidden_layers, meta.configs, rows); {type(e).__name__}: {e}") from e
+    return bench
 
 
 def speed_rows(bench: dict[str, Any], length: int) -> list[dict[str, Any]]:
@@ -60,7 +86,12 @@ def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length:
                    fa_run: str | None = None) -> pd.DataFrame:
     """One row per evaluated (run, config): % of FA (and se), full fraction, and the matched speed row's speedups."""
     table = summary_table(records, fa_run)
+    no_fa = sorted(set(table["run"]) - set(table.loc[table["tag"] == FA_TAG, "run"])) if fa_run is None else []
+    if no_fa:
+        raise ValueError(f"run(s) {no_fa} have no full-attention row (config tag {FA_TAG!r}) to give '% of FA': "
+                         f"evaluate them with config `fa` too, or pass --fa-run naming a run that has one")
     configs = {config_label(r): SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
+    check_depth(configs, depth)
     speeds = speed_rows(bench, length)
     out = []
     for _, row in table.iterrows():
@@ -152,14 +183,18 @@ def main(argv: list[str] | None = None) -> None:
                                               "(default: every task)")
     p.add_argument("--out", required=True, help="folder for frontier.md, frontier.csv, frontier.png, headline.json")
     args = p.parse_args(argv)
+    if args.depth < 1:
+        p.error(f"--depth: expected the evaluated model's number of layers, an int >= 1; got {args.depth}")
+    if not (math.isfinite(args.threshold) and args.threshold > 0):
+        p.error(f"--threshold: expected a finite % of FA > 0; got {args.threshold}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        bench = json.loads(Path(args.speed).read_text())
+        bench = load_speed(args.speed)
         records = of_tasks(load_records(args.results), split_values(args.tasks))
         table = frontier_table(records, bench, args.length, args.depth, args.fa_run)
+        paths = write_frontier(table, args.threshold, args.length, args.out)
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"swaa.eval.frontier: error: {e}")
-    paths = write_frontier(table, args.threshold, args.length, args.out)
     print(markdown(table))
     print(headline_text(table, args.threshold))
     for name, path in paths.items():

@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         records = of_configs(of_tasks(load_records(args.results), split_values(args.tasks)), split_values(args.configs))
-    except ValueError as e:
+        paths = write_report(records, args.out, args.fa_run)
+    except (OSError, ValueError) as e:
         parser.error(str(e))
-    for path in write_report(records, args.out, args.fa_run).values():
+    for path in paths.values():
         log.info("wrote %s", path)
 
 

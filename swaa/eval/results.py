@@ -81,9 +81,11 @@ def of_configs(records: list[dict[str, Any]], configs: list[str] | None) -> list
 
 
 def _of(records, wanted, value_of, option):
-    """The records whose `value_of` is in `wanted` (all for none wanted); an error names `option` and what is there."""
-    if not wanted:
+    """The records whose `value_of` is in `wanted` (all for None); an error names `option` and what is there."""
+    if wanted is None:
         return records
+    if not wanted:
+        raise ValueError(f"{option}: got an empty list; name at least one, or leave {option} out for all of them")
     present = sorted({value_of(r) for r in records})
     missing = sorted(set(wanted) - set(present))
     if missing:
@@ -105,9 +107,9 @@ def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, field: str | None = None) -> list[dict[str, Any]]:
     """Records of a JSONL file, gzip-compressed if its name ends in .gz; a torn last line (a crash mid-write) is
-    skipped with a warning."""
+    skipped with a warning. With `field`, a line that is not an object holding it is an error."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -127,6 +129,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not a JSON record ({e}); the results file is corrupt") from e
+        if field is not None and not (isinstance(records[-1], dict) and field in records[-1]):
+            raise ValueError(f"{path}:{number}: not an evaluation record (no {field!r} field)")
     return records
 
 
@@ -138,7 +142,7 @@ class ResultStore:
         self.path = self.dir / RESULTS_FILE
         self._records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            for record in read_jsonl(self.path):
+            for record in read_jsonl(self.path, "key_hash"):
                 self._records[record["key_hash"]] = record
 
     def records(self) -> list[dict[str, Any]]:
@@ -189,14 +193,17 @@ class ResultStore:
 
 
 def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Records from result folders or JSONL files (later records for the same key win)."""
+    """Records from result folders or JSONL files (later records for the same key win); one without any is an error."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     merged: dict[str, dict[str, Any]] = {}
     for p in map(Path, paths):
         file = p / RESULTS_FILE if p.is_dir() else p
         if not file.is_file():
             raise FileNotFoundError(f"no results at {p} (expected a {RESULTS_FILE} file or a folder holding one)")
-        for record in read_jsonl(file):
+        records = read_jsonl(file, "key_hash")
+        if not records:
+            raise ValueError(f"no evaluation records in {file}")
+        for record in records:
             merged[record["key_hash"]] = record
     return list(merged.values())
 
