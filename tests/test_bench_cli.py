@@ -58,3 +58,56 @@ def test_model_job_writes_json_and_markdown(tmp_path):
     assert table.startswith("| config | tag | length | prefill ms min / median |")
     assert "| mine | w8-full:1 | 48 |" in table and "command: `python -m swaa.bench model" in table
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+MODEL = ["model", "--device", "cpu", "--shape", "tiny:llama:2:256", "--window", "8", "--sink", "0", "--decode-tokens",
+         "2", "--repeats", "1", "--lengths", "32", "--configs", "fa"]
+TRAIN = ["train", "--device", "cpu", "--shape", "tiny:llama:2:256", "--configs", "fa,swa_all_fad", "--window", "8",
+         "--sink", "0"]
+PROFILE = ["profile", "--device", "cpu", "--shape", "tiny:llama:2:256", "--window", "8", "--sink", "0", "--lengths",
+           "32", "--configs", "fa"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (MODEL + ["--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+    (MODEL + ["--lengths", "0"], "argument --lengths: expected an integer >= 1, got '0'"),
+    (MODEL + ["--lengths", ","], "argument --lengths: expected comma-separated integers >= 1, got ','"),
+    (MODEL + ["--decode-tokens", "0"], "argument --decode-tokens: expected an integer >= 1"),
+    (MODEL + ["--stock-decode-tokens", "0"], "argument --stock-decode-tokens: expected an integer >= 1"),
+    (MODEL + ["--device", "bogus"], "--device='bogus': expected a torch device"),
+    (MODEL + ["--window", "0", "--configs", "fa,swa_all"], "argument --window: expected an integer >= 1, got '0'"),
+    (MODEL + ["--sink", "-1"], "argument --sink: expected an integer >= 0, got '-1'"),
+    (MODEL + ["--configs", ","], "--configs ',': no config given"),
+    (MODEL + ["--configs", 'x={"window": 8, "full_layers": [7]}'],
+     "--configs x: SWAAConfig.full_layers: layer indices [7] out of range for a model with 2 layers"),
+    (MODEL + ["--configs", 'x={"hf_window": true}'], "config 'x': hf_window=True: expected an int >= 1"),
+    (PROFILE + ["--decode-tokens", "0"], "argument --decode-tokens: expected an integer >= 1, got '0'"),
+    (PROFILE + ["--device", "bogus"], "--device='bogus'"),
+    (TRAIN + ["--lengths", ","], "argument --lengths: expected comma-separated integers >= 1"),
+    (TRAIN + ["--lengths", "-4"], "argument --lengths: expected an integer >= 1, got '-4'"),
+    (TRAIN + ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    (TRAIN + ["--layers", "-2"], "argument --layers: expected an integer >= 1, got '-2'"),
+    (TRAIN + ["--device", "bogus"], "--device='bogus'"),
+    (TRAIN + ["--layers", "1", "--configs", 'x={"window": 8, "full_layers": [1]}'],
+     "--configs x: SWAAConfig.full_layers: layer indices [1] out of range for a model with 1 layers"),
+    (["kernels", "--length", "0"], "argument --length: expected an integer >= 1, got '0'"),
+    (["kernels", "--window", "0"], "argument --window: expected an integer >= 1, got '0'"),
+    (["kernels", "--sinks", "0", "-1"], "argument --sinks: expected an integer >= 0, got '-1'"),
+    (["kernels", "--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+])
+def test_input_errors_are_one_line_naming_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_failure_while_timing_keeps_its_traceback(monkeypatch):
+    """Only input errors become parser errors: an exception while timing propagates as itself."""
+    import swaa.bench.model as bench
+
+    def crash(*args, **kwargs):
+        raise ValueError("kernel crashed")
+
+    monkeypatch.setattr(bench, "measure_once", crash)
+    with pytest.raises(ValueError, match="kernel crashed"):
+        main(MODEL)

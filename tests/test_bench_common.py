@@ -1,9 +1,12 @@
 """swaa.bench.common: relative error, shapes and random models, metadata."""
 
+import argparse
+
 import pytest
 import torch
 
-from swaa.bench.common import model_config, random_model, relative_error, run_metadata, shape_fields
+from swaa.bench.common import (int_at_least, int_list, model_config, random_model, relative_error, run_metadata,
+                               shape_fields)
 
 CPU = torch.device("cpu")
 
@@ -35,3 +38,11 @@ def test_run_metadata():
     meta = run_metadata(CPU, ["python", "-m", "swaa.bench", "model"], dtype="fp32")
     assert meta["gpu"] is None and meta["timer"] == "perf_counter" and meta["dtype"] == "fp32"
     assert {"torch", "transformers", "python", "date", "command"} <= set(meta)
+
+
+def test_int_at_least_and_int_list_reject_out_of_range_and_empty():
+    assert int_at_least(0)("0") == 0 and int_list("32, 64,") == [32, 64]
+    for parse, bad in ((int_at_least(1), "0"), (int_at_least(0), "-1"), (int_at_least(1), "x"), (int_list, ","),
+                       (int_list, "32,0"), (int_list, "a")):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            parse(bad)

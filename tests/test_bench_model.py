@@ -173,3 +173,14 @@ def test_check_frees_the_float32_reference_copy_before_timing():
     copies = [o for o in gc.get_objects() if isinstance(o, torch.nn.Module) and getattr(o, "probe", None)
               and o.gate_proj.weight.dtype == torch.float32]
     assert copies == []
+
+
+def test_a_config_error_is_an_error_not_a_failed_row():
+    """A layer past the model's depth fails before any work; only a crash of the config's own kernels is FAILED."""
+    bad = BenchConfig("deep", SWAAConfig(window=8, full_layers=[7]))
+    with pytest.raises(ValueError, match="--configs deep: .*out of range for a model with 4 layers"):
+        run([builtin_configs(WINDOW, SINK)["fa"], bad], SHAPE, [64], decode_tokens=2, repeats=1, device="cpu")
+    with pytest.raises(ValueError, match="hf_window=True: expected an int >= 1"):
+        BenchConfig("x", hf_window=True)
+    with pytest.raises(ValueError, match="no config given"):
+        parse_configs(" , ", WINDOW, SINK)

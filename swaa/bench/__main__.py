@@ -23,10 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.command = ["python", "-m", "swaa.bench", *argv]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    JOBS[args.job].main(args)
+    job = JOBS[args.job]
+    try:
+        job.check_args(args)  # input errors: one line, exit code 2; failures while running keep their traceback
+    except ValueError as e:
+        parser.error(str(e))
+    job.main(args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import argparse
 import datetime
 import json
 import platform
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import transformers
@@ -86,9 +86,21 @@ def write_results(path: str | None, meta: dict[str, Any], rows: list[dict[str, A
         write_atomic(path, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `low` (argparse's error names the option)."""
+    def parse(text: str) -> int:
+        try:
+            if int(text) >= low:
+                return int(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+    return parse
+
+
 def int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+    """argparse type: comma-separated integers >= 1, at least one."""
+    values = [v for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return [int_at_least(1)(v) for v in values]

@@ -21,7 +21,7 @@ from swaa.attention import BACKENDS
 from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS, fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
-from swaa.bench.common import relative_error, run_metadata, write_results
+from swaa.bench.common import int_at_least, relative_error, run_metadata, write_results
 from swaa.masks import dense_mask
 from swaa.timing import min_median, warm_then_time
 
@@ -210,19 +210,24 @@ def _tunings(text: str) -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--length", type=int, default=32768)
-    parser.add_argument("--window", type=int, default=2048)
-    parser.add_argument("--sinks", type=int, nargs="+", default=[0, 64])
+    parser.add_argument("--length", type=int_at_least(1), default=32768)
+    parser.add_argument("--window", type=int_at_least(1), default=2048)
+    parser.add_argument("--sinks", type=int_at_least(0), nargs="+", default=[0, 64])
     parser.add_argument("--flex-tunings", type=_tunings, default=[],
                         help='JSON list of flex variants to time, e.g. \'[{}, {"USE_TMA": true}, '
                              '{"compile_mode": "max-autotune-no-cudagraphs"}]\': FlexKernelOptions plus compile_mode')
-    parser.add_argument("--repeats", type=int, default=10, help=f"timed calls per kernel, after {WARMUPS} warm-ups")
+    parser.add_argument("--repeats", type=int_at_least(1), default=10,
+                        help=f"timed calls per kernel, after {WARMUPS} warm-ups")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
 
 
-def main(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """The job needs a CUDA GPU (its options are checked by argparse)."""
     if not torch.cuda.is_available():
-        raise SystemExit("python -m swaa.bench kernels needs a CUDA GPU")
+        raise ValueError("the kernels job needs a CUDA GPU; torch.cuda.is_available() is False here")
+
+
+def main(args: argparse.Namespace) -> None:
     # each flex tuning is a separate compilation; past dynamo's limit flex would fall back to its dense eager path
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(args.flex_tunings))
     rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings, repeats=args.repeats)

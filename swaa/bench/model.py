@@ -18,13 +18,14 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_list,
-                               model_config, random_model, relative_error, run_metadata, shape_fields, write_results)
+from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_at_least,
+                               int_list, model_config, random_model, relative_error, run_metadata, shape_fields,
+                               write_results)
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.files import write_atomic
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
-from swaa.models import forward_with_cache
+from swaa.models import check_device, forward_with_cache
 from swaa.static_decode import StaticDecoder
 from swaa.timing import min_median, timed_ms
 
@@ -49,7 +50,8 @@ class BenchConfig:
     attn_implementation: str = "sdpa"  # of the model before SWAA is applied
 
     def __post_init__(self) -> None:
-        if self.hf_window is not None and (not isinstance(self.hf_window, int) or self.hf_window < 1):
+        if self.hf_window is not None and (not isinstance(self.hf_window, int) or isinstance(self.hf_window, bool)
+                                           or self.hf_window < 1):
             raise ValueError(f"config {self.name!r}: hf_window={self.hf_window!r}: expected an int >= 1 or None")
         if self.hf_window is not None and self.swaa.enabled:
             raise ValueError(f"config {self.name!r}: set either hf_window (transformers' sliding window) or an SWAA "
@@ -135,10 +137,21 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = 
                                  f"{' in ' + presets_path if presets_path else ''}: {sorted(presets)}, or give "
                                  "name=JSON")
             configs.append(BenchConfig(name, presets[name]))
+    if not configs:
+        raise ValueError(f"--configs {spec!r}: no config given; name at least one (built-in: {sorted(builtins)})")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"--configs: duplicate config names in {names}")
     return configs
+
+
+def check_depth(configs: list[BenchConfig], depth: int) -> None:
+    """Every config's layer indices and patterns fit a model `depth` layers deep; else a ValueError naming it."""
+    for cfg in configs:
+        try:
+            cfg.swaa.layer_kinds(depth)
+        except ValueError as e:
+            raise ValueError(f"--configs {cfg.name}: {e}") from e
 
 
 def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device,
@@ -344,7 +357,7 @@ def run_configs(configs: list[BenchConfig], shape: str, lengths: list[int], meas
                 fuse_with: str = "none") -> list[dict[str, Any]]:
     """bench_config for every config in order; `new_tokens` positions past the longest prompt are decoded.
     `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
-    model_config(shape)  # an unknown shape fails before any work
+    check_depth(configs, model_config(shape).num_hidden_layers)  # an unknown shape or a bad layer: before any work
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths={lengths}: expected a non-empty list of lengths >= 1")
     device = torch.device(device)
@@ -436,9 +449,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, decode_tokens: int) -> 
                         help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
                              "(plus hf_window, attn_implementation)")
     parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled presets)")
-    parser.add_argument("--window", type=int, default=2048, help="W of the built-in configs")
-    parser.add_argument("--sink", type=int, default=64, help="S of the built-in SWAA configs")
-    parser.add_argument("--decode-tokens", type=int, default=decode_tokens, help="greedy steps of the static decode")
+    parser.add_argument("--window", type=int_at_least(1), default=2048, help="W of the built-in configs")
+    parser.add_argument("--sink", type=int_at_least(0), default=64, help="S of the built-in SWAA configs")
+    parser.add_argument("--decode-tokens", type=int_at_least(1), default=decode_tokens,
+                        help="greedy steps of the static decode")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="auto")
@@ -460,10 +474,19 @@ def model_metadata(args: argparse.Namespace, configs: list[BenchConfig], device:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, decode_tokens=128)
-    parser.add_argument("--stock-decode-tokens", type=int, default=None,
+    parser.add_argument("--stock-decode-tokens", type=int_at_least(1), default=None,
                         help="greedy steps of the DynamicCache decode (stock transformers, host-bound); "
                              "default: --decode-tokens")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per config and length, after one warm-up")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3,
+                        help="timed runs per config and length, after one warm-up")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The model and profile jobs' input errors that argparse cannot see (device, configs, their layers against the
+    model's depth), before any work: a ValueError naming the option."""
+    check_device(args.device, "--device")
+    check_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
+                model_config(args.shape).num_hidden_layers)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -16,8 +16,8 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache, PreTrainedModel
 
 from swaa.bench.common import DTYPES, dtype_name, write_results
-from swaa.bench.model import (add_model_arguments, decode, forward, markdown_meta_line, measure_once,
-                              model_metadata, parse_configs, random_ids, run_configs)
+from swaa.bench.model import (add_model_arguments, check_args as check_model_args, decode, forward,
+                              markdown_meta_line, measure_once, model_metadata, parse_configs, random_ids, run_configs)
 from swaa.files import write_atomic
 from swaa.static_decode import StaticDecoder
 
@@ -105,6 +105,11 @@ def breakdown_table(rows: list[dict[str, Any]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, decode_tokens=8)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The model job's input checks."""
+    check_model_args(args)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -14,15 +14,16 @@ import torch
 from peft import PeftModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_list, random_model, relative_error,
-                               run_metadata, shape_fields, write_results)
-from swaa.bench.model import BenchConfig, parse_configs
+from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_at_least, int_list, model_config,
+                               random_model, relative_error, run_metadata, shape_fields, write_results)
+from swaa.bench.model import BenchConfig, check_depth, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa
 from swaa.lora import LoRASettings, add_lora
 from swaa.loss import answer_logits, answer_loss, supervised_columns
+from swaa.models import check_device
 from swaa.timing import min_median, warm_then_time
 
 log = logging.getLogger(__name__)
@@ -146,14 +147,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default="qwen3-4b", help=SHAPE_HELP)
-    parser.add_argument("--layers", type=int, default=None, help="depth (default: the shape's)")
+    parser.add_argument("--layers", type=int_at_least(1), default=None, help="depth (default: the shape's)")
     parser.add_argument("--lengths", type=int_list, default=[16384, 32768], help="comma-separated sequence lengths")
     parser.add_argument("--configs", default="fa,swa_all_fad,swa_half_fad",
                         help="comma-separated built-in names, preset names or name=JSON (as in the model job)")
     parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled presets)")
-    parser.add_argument("--window", type=int, default=2048, help="W of the built-in configs")
-    parser.add_argument("--sink", type=int, default=64, help="S of the built-in configs")
-    parser.add_argument("--steps", type=int, default=3, help=f"timed steps, after {WARMUP_STEPS} warm-up steps")
+    parser.add_argument("--window", type=int_at_least(1), default=2048, help="W of the built-in configs")
+    parser.add_argument("--sink", type=int_at_least(0), default=64, help="S of the built-in configs")
+    parser.add_argument("--steps", type=int_at_least(1), default=3,
+                        help=f"timed steps, after {WARMUP_STEPS} warm-up steps")
     parser.add_argument("--backends", default="auto", help="comma-separated SWAA backends to time (FA is timed once)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
@@ -162,6 +164,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one more step per row (untimed): ms per kernel category")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here (after every row)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Input errors that argparse cannot see (device, configs against the depth), before any work: a ValueError
+    naming the option."""
+    check_device(args.device, "--device")
+    depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
+    check_depth(parse_configs(args.configs, args.window, args.sink, args.presets), args.layers or depth)
 
 
 def main(args: argparse.Namespace) -> None:
