@@ -74,13 +74,9 @@ class SWAAConfig:
     def full_layer_indices(self, depth: int) -> list[int]:
         """Expand `full_layers` for a model with `depth` layers; an index >= depth is an error."""
         spec = self.full_layers
-        if spec == "odd":
-            return list(range(1, depth, 2))
-        if spec == "even":
-            return list(range(0, depth, 2))
         if isinstance(spec, str):
-            k, j = map(int, _PATTERN.fullmatch(spec).groups())
-            if j >= depth:
+            k, j = {"odd": (2, 1), "even": (2, 0)}.get(spec) or map(int, _PATTERN.fullmatch(spec).groups())
+            if j >= depth:  # the pattern would pick no layer
                 raise ValueError(f"SWAAConfig.full_layers={spec!r}: starts at layer {j}, beyond a model with {depth} "
                                  f"layers (allowed J: 0..{depth - 1})")
             return list(range(j, depth, k))
@@ -145,6 +141,16 @@ def _check_depth(field: str, indices: list[int], depth: int) -> None:
     if bad:
         raise ValueError(f"SWAAConfig.{field}: layer indices {bad} out of range for a model with {depth} layers "
                          f"(allowed 0..{depth - 1})")
+
+
+def check_depth(configs: dict[str, SWAAConfig], depth: int, where: str = "config") -> None:
+    """Every config's layer indices and pattern fit a model `depth` layers deep; else a ValueError naming
+    `where` and the config."""
+    for name, config in configs.items():
+        try:
+            config.layer_kinds(depth)
+        except ValueError as e:
+            raise ValueError(f"{where} {name}: {e}") from e
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:

@@ -51,6 +51,9 @@ def test_layer_index_beyond_depth():
         SWAAConfig(window=8, fa_decode=[4]).layer_kinds(4)
     with pytest.raises(ValueError, match=r"'every:4:from:30': starts at layer 30, beyond a model with 4 layers"):
         SWAAConfig(window=8, full_layers="every:4:from:30").layer_kinds(4)
+    with pytest.raises(ValueError, match=r"'odd': starts at layer 1, beyond a model with 1 layers"):
+        SWAAConfig(window=8, full_layers="odd").layer_kinds(1)
+    assert SWAAConfig(window=8, full_layers="even").full_layer_indices(1) == [0]
 
 
 def test_unknown_key():

@@ -21,7 +21,7 @@ from swaa.attention import BACKENDS
 from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_at_least,
                                int_list, model_config, random_model, relative_error, run_metadata, shape_fields,
                                write_results)
-from swaa.config import SWAAConfig, load_presets, resolve_swaa
+from swaa.config import SWAAConfig, check_depth, load_presets, resolve_swaa
 from swaa.files import write_atomic
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
@@ -145,13 +145,9 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = 
     return configs
 
 
-def check_depth(configs: list[BenchConfig], depth: int) -> None:
-    """Every config's layer indices and patterns fit a model `depth` layers deep; else a ValueError naming it."""
-    for cfg in configs:
-        try:
-            cfg.swaa.layer_kinds(depth)
-        except ValueError as e:
-            raise ValueError(f"--configs {cfg.name}: {e}") from e
+def check_config_depth(configs: list[BenchConfig], depth: int) -> None:
+    """check_depth for bench configs: an error names the config under --configs."""
+    check_depth({cfg.name: cfg.swaa for cfg in configs}, depth, where="--configs")
 
 
 def build_model(shape: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device,
@@ -357,7 +353,7 @@ def run_configs(configs: list[BenchConfig], shape: str, lengths: list[int], meas
                 fuse_with: str = "none") -> list[dict[str, Any]]:
     """bench_config for every config in order; `new_tokens` positions past the longest prompt are decoded.
     `on_config(rows so far)` runs after each config, e.g. to save partial results of a long run."""
-    check_depth(configs, model_config(shape).num_hidden_layers)  # an unknown shape or a bad layer: before any work
+    check_config_depth(configs, model_config(shape).num_hidden_layers)  # bad shape or layer: before work
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths={lengths}: expected a non-empty list of lengths >= 1")
     device = torch.device(device)
@@ -485,7 +481,7 @@ def check_args(args: argparse.Namespace) -> None:
     """The model and profile jobs' input errors that argparse cannot see (device, configs, their layers against the
     model's depth), before any work: a ValueError naming the option."""
     check_device(args.device, "--device")
-    check_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
+    check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
                 model_config(args.shape).num_hidden_layers)
 
 

@@ -16,7 +16,7 @@ from peft import PeftModel
 from swaa.attention import BACKENDS
 from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_at_least, int_list, model_config,
                                random_model, relative_error, run_metadata, shape_fields, write_results)
-from swaa.bench.model import BenchConfig, check_depth, parse_configs
+from swaa.bench.model import BenchConfig, check_config_depth, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
 from swaa.fusion import FUSIONS, fuse
@@ -171,7 +171,7 @@ def check_args(args: argparse.Namespace) -> None:
     naming the option."""
     check_device(args.device, "--device")
     depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
-    check_depth(parse_configs(args.configs, args.window, args.sink, args.presets), args.layers or depth)
+    check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets), args.layers or depth)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from swaa.cli import split_values
-from swaa.config import SWAAConfig
+from swaa.config import SWAAConfig, check_depth
 from swaa.eval.report import FA_TAG, config_label, summary_table
 from swaa.eval.results import load_records, of_tasks
 from swaa.files import write_atomic
@@ -36,19 +36,15 @@ def full_fraction(config: SWAAConfig, depth: int) -> float:
     return 1.0 if not config.enabled else len(config.full_layer_indices(depth)) / depth
 
 
-def check_depth(configs: dict[str, SWAAConfig], depth: int) -> None:
-    """Each config's layer indices must lie below `depth` and its full_layers pattern must pick a layer: else
-    --depth is not the evaluated model's number of layers, an error naming it."""
-    for name, config in configs.items():
-        try:
-            config.layer_kinds(depth)  # an index >= depth is an error
-            if config.full_layers and not config.full_layer_indices(depth):
-                raise ValueError(f"full_layers={config.full_layers!r} picks none of {depth} layers")
-        except ValueError as e:
-            listed = [i for c in configs.values() for spec in (c.full_layers, c.fa_decode) if isinstance(spec, list)
-                      for i in spec]
-            raise ValueError(f"--depth={depth} is not the evaluated model's number of layers: config {name}: {e} "
-                             f"(largest listed layer index in the records: {max(listed, default='none')})") from e
+def check_records_depth(configs: dict[str, SWAAConfig], depth: int) -> None:
+    """check_depth of the records' configs: an error says that --depth is not the evaluated model's depth."""
+    try:
+        check_depth(configs, depth)
+    except ValueError as e:
+        listed = [i for c in configs.values() for spec in (c.full_layers, c.fa_decode) if isinstance(spec, list)
+                  for i in spec]
+        raise ValueError(f"--depth={depth} is not the evaluated model's number of layers: {e} "
+                         f"(largest listed layer index in the records: {max(listed, default='none')})") from e
 
 
 def load_speed(path: str | Path) -> dict[str, Any]:
@@ -91,7 +87,7 @@ def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length:
         raise ValueError(f"run(s) {no_fa} have no full-attention row (config tag {FA_TAG!r}) to give '% of FA': "
                          f"evaluate them with config `fa` too, or pass --fa-run naming a run that has one")
     configs = {config_label(r): SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
-    check_depth(configs, depth)
+    check_records_depth(configs, depth)
     speeds = speed_rows(bench, length)
     out = []
     for _, row in table.iterrows():

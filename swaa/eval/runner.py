@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa import SWAAConfig, apply_swaa, remove_swaa
+from swaa.config import check_depth
 from swaa.checkpoints import load_adapter
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.grid import JUDGE, GridSettings
@@ -144,11 +145,7 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
     else:
         model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
     context = model_config.max_position_embeddings
-    for name, config in configs.items():
-        try:
-            config.layer_kinds(model_config.num_hidden_layers)
-        except ValueError as e:
-            raise ValueError(f"config {name}: {e}") from e
+    check_depth(configs, model_config.num_hidden_layers)
     if settings.lengths:
         _check_context({f"length {x}": x for x in settings.lengths}, context, settings.max_new_tokens)
     tokenizer = load_tokenizer(model_path) if loaded is None else loaded.tokenizer
