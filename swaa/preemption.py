@@ -18,6 +18,12 @@ from swaa.files import remove_temporaries
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM  # 143: the shell's status of a process ended by SIGTERM
 
 
+def worker_ignores_sigterm(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: schedulers (SLURM, `timeout`) send SIGTERM to the whole process group; a worker it
+    killed made the main process raise mid-save, so workers leave it to the main process, which shuts them down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class SaveOnSigterm(Callback):
     """On SIGTERM, at the end of the current optimizer step (or validation), every rank stops at the same step: rank 0
     writes the ModelCheckpoint's last.ckpt (atomically), logs one line and all ranks exit with status 143;
