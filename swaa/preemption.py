@@ -18,10 +18,11 @@ from swaa.files import remove_temporaries
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM  # 143: the shell's status of a process ended by SIGTERM
 
 
-def worker_ignores_sigterm(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: schedulers (SLURM, `timeout`) send SIGTERM to the whole process group; a worker it
-    killed made the main process raise mid-save, so workers leave it to the main process, which shuts them down."""
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGTERM (SLURM, `timeout`) and Ctrl-C's SIGINT reach the whole process group; a
+    worker they ended made the main process raise mid-save, so workers leave both to the main process."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class SaveOnSigterm(Callback):
@@ -76,7 +77,7 @@ class SaveOnSigterm(Callback):
         checkpoint = trainer.checkpoint_callback
         path = checkpoint.last_model_path or checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
         checkpoint.last_model_path = path  # part of the saved state: the resumed run keeps writing this file
-        trainer.save_checkpoint(path)  # rank 0 writes (AtomicCheckpointIO: the old file or the new, never a torn one)
+        trainer.save_checkpoint(path, weights_only=False)  # rank 0 writes, atomically (AtomicCheckpointIO); full state
         rank_zero_info(f"SIGTERM: saved {Path(path)} at step {trainer.global_step}; exiting with status "
                        f"{SIGTERM_EXIT_STATUS} (resume with --ckpt_path last)")
         raise SIGTERMException(SIGTERM_EXIT_STATUS)

@@ -40,10 +40,11 @@ TWO_PROCESSES = [
 
 def start(cwd: Path, devices: int, *extra: str, weights: bool = False, group: bool = False) -> subprocess.Popen:
     """train.py fit of the smoke config for STEPS steps from `cwd`, recording the samples (and `weights`) of every step
-    into `cwd`. In float64: float32 kernels round differently from one process to the next (~1e-7), which Adam
-    amplifies on the near-zero LoRA B weights past the comparison's tolerance; a resume error is far larger. With `group`
-    it leads a process group of its own. Runs on one intra-op thread: with two, about one resumed process in eight computed its first step's q/k gradients 1e-4 off
-    (relative; the same values each time, never with one thread), which failed the comparison at random."""
+    into `cwd`; with `group`, as the leader of a process group of its own. In float64: float32 kernels round
+    differently from one process to the next (~1e-7), which Adam amplifies on the near-zero LoRA B weights past the
+    comparison's tolerance; a resume error is far larger. Runs on one intra-op thread: with two, about one resumed
+    process in eight computed its first step's q/k gradients 1e-4 off (relative; the same values each time, never with
+    one thread), which failed the comparison at random."""
     parallel = ["--trainer.devices", "2", "--trainer.strategy", "ddp"] if devices == 2 else []
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "smoke.yaml"),
                "--data.init_args.cache_dir", str(cwd.parent / "cache"),
@@ -133,17 +134,21 @@ def test_kills_and_resumes_end_like_an_uninterrupted_run(devices, chain, tmp_pat
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_process_group_with_dataloader_workers_saves_the_step(tmp_path):
-    """SLURM and `timeout` send SIGTERM to the whole process group, DataLoader workers included; the main process
-    still finishes its step, saves it and exits 143 (a worker killed by the signal used to abort that save)."""
-    for f in ["go", "paused-rank0"]:
-        (tmp_path / f).unlink(missing_ok=True)
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_signal_to_the_process_group_with_dataloader_workers(name, tmp_path):
+    """SLURM and `timeout` send SIGTERM to the whole process group, and Ctrl-C SIGINT, DataLoader workers included: the
+    main process still ends as it does alone (SIGTERM: the step saved, 143; SIGINT: the resume message, 130). A worker
+    ended by the signal used to make it raise: mid-save on SIGTERM, a traceback on SIGINT."""
     process = start(tmp_path, 1, "--data.init_args.num_workers", "2", "--trainer.callbacks+=preemption_hooks.PauseAt",
                     f"--trainer.callbacks.out={tmp_path}", "--trainer.callbacks.point=before_optimizer_step",
                     "--trainer.callbacks.step=3", group=True)
     wait_for([tmp_path / "paused-rank0"], process)
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, getattr(signal, name))
     (tmp_path / "go").touch()
-    output = finish(process, SIGTERM_STATUS)
-    assert output.count("SIGTERM: saved") == 1 and "at step 3; exiting with status 143" in output
-    assert trainable_state(tmp_path / LAST)[0] == 3
+    output = finish(process, SIGTERM_STATUS if name == "SIGTERM" else 128 + signal.SIGINT)
+    assert "Traceback" not in output, output[-4000:]
+    if name == "SIGTERM":
+        assert output.count("SIGTERM: saved") == 1 and "at step 3; exiting with status 143" in output
+        assert trainable_state(tmp_path / LAST)[0] == 3
+    else:
+        assert "interrupted at step 2; last checkpoint" in output and "--ckpt_path last" in output

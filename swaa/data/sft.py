@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat, normalize_record
 from swaa.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
 from swaa.models import load_tokenizer
-from swaa.preemption import worker_ignores_sigterm
+from swaa.preemption import worker_ignores_stop_signals
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when the encoding changes
@@ -159,7 +159,7 @@ class ChatDataModule(L.LightningDataModule):
                                             shuffle=shuffle, num_replicas=replicas, rank=rank)
         return ResumableDataLoader(data.select_columns(["input_ids", "labels"]), batch_sampler=sampler,
                                    collate_fn=PadCollator(self.tokenizer.pad_token_id), num_workers=self.num_workers,
-                                   worker_init_fn=worker_ignores_sigterm)
+                                   worker_init_fn=worker_ignores_stop_signals)
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.train_data, shuffle=True)
