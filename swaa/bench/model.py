@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from swaa.attention import BACKENDS
 from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_at_least,
@@ -53,6 +54,10 @@ class BenchConfig:
         if self.hf_window is not None and (not isinstance(self.hf_window, int) or isinstance(self.hf_window, bool)
                                            or self.hf_window < 1):
             raise ValueError(f"config {self.name!r}: hf_window={self.hf_window!r}: expected an int >= 1 or None")
+        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if self.attn_implementation not in known:
+            raise ValueError(f"config {self.name!r}: attn_implementation={self.attn_implementation!r}: expected one of "
+                             f"{known}")
         if self.hf_window is not None and self.swaa.enabled:
             raise ValueError(f"config {self.name!r}: set either hf_window (transformers' sliding window) or an SWAA "
                              "window, not both")

@@ -167,22 +167,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Input errors that argparse cannot see (device, configs against the depth), before any work: a ValueError
-    naming the option."""
+    """Input errors that argparse cannot see (device, configs against the depth, backends), before any work: a
+    ValueError naming the option."""
     check_device(args.device, "--device")
     depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
-    check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets), args.layers or depth)
+    configs = parse_configs(args.configs, args.window, args.sink, args.presets)
+    check_config_depth(configs, args.layers or depth)
+    if any(c.hf_window is not None for c in configs):
+        raise ValueError("--configs: transformers' own sliding window (hf_window) is not benchmarked in training")
+    parse_backends(args.backends)
+
+
+def parse_backends(spec: str) -> list[str]:
+    """`--backends`: comma-separated attention backend names."""
+    backends = [b.strip() for b in spec.split(",") if b.strip()]
+    if not backends or any(b not in BACKENDS for b in backends):
+        raise ValueError(f"--backends {spec!r}: expected comma-separated names from {sorted(BACKENDS)}")
+    return backends
 
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if not backends or unknown:
-        raise SystemExit(f"--backends {args.backends!r}: expected comma-separated names from {sorted(BACKENDS)}")
+    backends = parse_backends(args.backends)
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
-    if any(c.hf_window is not None for c in configs):
-        raise SystemExit("--configs: transformers' own sliding window (hf_window) is not benchmarked in training")
     model = build(args.shape, args.layers, DTYPES[dtype_name(args.dtype, device)], device,
                   max(*args.lengths, CHECK_TOKENS), args.fuse)
     errors = checked_backends(model, backends, device)
