@@ -151,7 +151,8 @@ def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora:
         if differ:
             raise CheckpointError(f"adapter {folder} was trained with other LoRA settings: {'; '.join(differ)}")
     state = load_safetensors(weights_file)
-    check_keys(set(state), set(get_peft_model_state_dict(model)), folder)
+    # save_embedding_layers=False: peft's default would ask the Hub about the base model's config (no network here)
+    check_keys(set(state), set(get_peft_model_state_dict(model, save_embedding_layers=False)), folder)
     set_peft_model_state_dict(model, state)
     log.info("loaded %d trained tensors from %s", len(state), folder)
 

@@ -86,7 +86,7 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
             for p in trained.parameters():
                 if p.requires_grad:
                     p.data = p.data.to(trained_dtype)
-            trained.save_pretrained(tmp)
+            trained.save_pretrained(tmp, save_embedding_layers=False)  # LoRA only; "auto" would ask the Hub
             (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card
             config_path = tmp / "adapter_config.json"  # peft fills a missing base path in on save: set it after
             config = json.loads(config_path.read_text())

@@ -6,16 +6,19 @@ import os
 from functools import partial
 
 import lightning.pytorch as L
+import peft.utils.save_and_load
 import pytest
 import torch
 from test_lit import TINY, make_trainer, random_batches
 from transformers import AutoModelForCausalLM
 
-from swaa.checkpoints import FINGERPRINT_KEY, CheckpointError, atomic_torch_save, load_adapter, read_checkpoint
+import swaa.export
+from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, atomic_torch_save, load_adapter, load_trained_weights,
+                              read_checkpoint)
 from swaa.export import export
 from swaa.integration import swaa_disabled
 from swaa.lit import SWAAFineTuner
-from swaa.lora import LoRASettings
+from swaa.lora import LoRASettings, add_lora
 from swaa.optim import AdamW
 from swaa.tiny import build_tiny_model
 
@@ -171,3 +174,22 @@ def test_adapter_export_keeps_the_trained_dtype(trained, tmp_path):
     ids = next(iter(random_batches()))["input_ids"]
     torch.testing.assert_close(logits(load_adapter(build_tiny_model(TINY), adapter), ids),
                                logits(load_adapter(build_tiny_model(TINY), tmp_path / "bf16.ckpt"), ids))  # lossless
+
+
+def test_adapter_load_and_export_never_ask_the_hub(trained, tmp_path, monkeypatch):
+    """With a named base model, peft's default (save_embedding_layers="auto") asks the Hub whether the base's config
+    exists, on save and on listing the adapter keys; nothing may reach a hub at run time."""
+    def no_hub(repo_id, *args, **kwargs):
+        raise AssertionError(f"asked the Hub about {repo_id}")
+
+    def named(model):
+        model.name_or_path = "org/base-model"  # as a from_pretrained model has, and peft records
+        return model
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    base_model = swaa.export._base_model
+    monkeypatch.setattr(swaa.export, "_base_model", lambda spec: named(base_model(spec)))
+    folder = export(trained[1], tmp_path / "adapter")
+    model = add_lora(named(build_tiny_model(TINY)), LoRASettings(rank=4))
+    load_trained_weights(model, folder)
+    assert model.peft_config["default"].base_model_name_or_path == "org/base-model"
