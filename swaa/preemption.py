@@ -20,7 +20,7 @@ SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM  # 143: the shell's status of a proce
 
 def worker_ignores_stop_signals(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: SIGTERM (SLURM, `timeout`) and Ctrl-C's SIGINT reach the whole process group; a
-    worker they ended made the main process raise mid-save, so workers leave both to the main process."""
+    worker they ended made the main process raise (on SIGTERM mid-save), so workers leave both to the main process."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
