@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from fractions import Fraction
@@ -309,6 +311,54 @@ def select_full_layers(model: PreTrainedModel | PeftModel, batches: list[Calibra
     return Selection(plain, count, nll_fa, nll_swa, single, greedy, chosen, nll_chosen, forwards, seconds)
 
 
+# -- resuming ---------------------------------------------------------------------------------------------------------
+
+class SavedPasses(dict):
+    """NLL by set of full layers (None: full attention), written atomically to `path` after every new pass with the
+    `fingerprint` of what it was measured on; a file with the same fingerprint is read back, so an interrupted
+    selection resumes where it stopped and a rerun with other budgets reuses every pass (other settings: replaced)."""
+
+    def __init__(self, path: str | Path, fingerprint: str) -> None:
+        super().__init__()
+        self.path, self.fingerprint = Path(path), fingerprint
+        if not self.path.is_file():
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+            passes = {None if layers is None else tuple(layers): float(nll) for layers, nll in saved["passes"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.path}: not a swaa.select passes file ({e!r}); remove it to measure anew") from e
+        if saved.get("fingerprint") != fingerprint:
+            log.warning("%s holds passes of another model, adapter, settings or calibration data: measuring anew",
+                        self.path)
+            return
+        super().update(passes)
+        log.info("resuming: %d passes read from %s", len(passes), self.path)
+
+    def __setitem__(self, key: tuple[int, ...] | None, nll: float) -> None:
+        super().__setitem__(key, nll)
+        passes = [[None if k is None else list(k), v] for k, v in self.items()]
+        write_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "passes": passes}) + "\n")
+
+
+def passes_fingerprint(settings: dict[str, Any], batches: list[CalibrationBatch]) -> str:
+    """sha256 of the settings (JSON), the calibration tokens and the size and time of each local model or adapter file
+    they name (`model` / `adapter` keys)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for batch in batches:
+        for tensor in (batch.input_ids, batch.attention_mask, batch.labels):
+            digest.update(tensor.numpy().tobytes())
+    for spec in (settings.get("model"), settings.get("adapter")):
+        path = Path(spec) if spec else None
+        if path is not None and path.exists():
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            for f in (f for f in files if f.is_file()):
+                stat = f.stat()
+                digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}"
+                              .encode())
+    return digest.hexdigest()
+
+
 # -- outputs ----------------------------------------------------------------------------------------------------------
 
 def preset_entries(selection: Selection, name: str | None = None, several: bool = False) -> dict[str, dict[str, Any]]:
@@ -406,7 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
     p.add_argument("--out", required=True,
-                   help="presets YAML to write; the scores (.scores.json) and the plot (.png) go beside it")
+                   help="presets YAML to write; the scores (.scores.json), the plot (.png) and every measured pass "
+                        "(.passes.json: the same command resumes from it) go beside it")
     args = p.parse_args(argv)
     args.tasks, args.budget = split_values(args.tasks), split_values(args.budget)
     for flag, values in (("--tasks", args.tasks), ("--budget", args.budget)):
@@ -421,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("swaa.integration").setLevel(logging.WARNING)  # not one line per candidate
     criteria = CRITERIA if args.criterion == "both" else (args.criterion,)
+    measured: SavedPasses | None = None
     try:
         config = load_config(args.model)
         budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
@@ -431,18 +483,24 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = load_tokenizer(args.model)
         batches = calibration_batches(tokenizer, config.max_position_embeddings, args.window, args.tasks, args.lengths,
                                       args.n, args.seed, args.data, args.batch_size)
-        model = load_model(args.model, device=args.device)
-        model = load_adapter(model, args.adapter) if args.adapter else model
-        measured: dict = {}
-        selections = [select_full_layers(model, batches, args.window, args.sink, args.fa_decode, budget, criteria,
-                                         args.backend, measured=measured) for budget in budgets]
         meta = {"model": args.model, "adapter": args.adapter, "calibration": {
             "data": args.data, "tasks": args.tasks or (None if args.data else list(TRAINING_TASKS)),
             "lengths": args.lengths, "n": args.n, "seed": args.seed, "batch_size": args.batch_size},
             "backend": args.backend, "device": args.device}
+        settings = {**meta, "window": args.window, "sink": args.sink, "fa_decode": args.fa_decode}
+        measured = SavedPasses(Path(args.out).with_suffix(".passes.json"), passes_fingerprint(settings, batches))
+        model = load_model(args.model, device=args.device)
+        model = load_adapter(model, args.adapter) if args.adapter else model
+        selections = [select_full_layers(model, batches, args.window, args.sink, args.fa_decode, budget, criteria,
+                                         args.backend, measured=measured) for budget in budgets]
         paths = write_selections(selections, args.out, args.name, meta)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"swaa.select: error: {e}")
+    except KeyboardInterrupt:
+        if measured is not None:
+            log.error("interrupted: %d passes are saved in %s; the same command resumes from them", len(measured),
+                      measured.path)
+        sys.exit(128 + signal.SIGINT)
     for selection in selections:
         for entry, swaa in preset_entries(selection, args.name, len(selections) > 1).items():
             print(f"{entry}: full_layers {swaa['full_layers']}  (train.py --model.swaa '{json.dumps(swaa)}')")

@@ -7,6 +7,7 @@ import torch
 import yaml
 from conftest import tiny_model
 
+import swaa.select as select
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.eval.grid import parse_swaa_spec
 from swaa.integration import apply_swaa, remove_swaa
@@ -205,3 +206,47 @@ def test_cli_option_given_without_values_is_an_error(flag, tmp_path, capsys):
         main([*argv, flag, ","])
     assert exit_info.value.code == 2 and f"{flag}: no values given" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_cli_interrupted_selection_resumes_from_its_saved_passes(tmp_path, monkeypatch, caplog):
+    """Ctrl-C after 4 passes: exit 130 with those passes saved; the same command measures only the rest and writes
+    what an uninterrupted run writes; a rerun reuses every pass, other settings measure anew."""
+    argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "2", "--tasks", "passkey", "--lengths",
+            "160", "--n", "2"]
+    main([*argv, "--out", str(tmp_path / "straight.yaml")])
+    straight = json.loads((tmp_path / "straight.scores.json").read_text())
+    measure, calls = select.answer_nll, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    out = tmp_path / "sel.yaml"
+    monkeypatch.setattr(select, "answer_nll", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(out)])
+    assert stop.value.code == 130 and "4 passes are saved in" in caplog.text
+    assert len(json.loads(out.with_suffix(".passes.json").read_text())["passes"]) == 4 and not out.exists()
+
+    main([*argv, "--out", str(out)])
+    resumed = json.loads(out.with_suffix(".scores.json").read_text())
+    assert resumed["forwards"] == straight["forwards"] - 4
+    assert {k: resumed[k] for k in ("chosen", "nll_chosen", "layers", "greedy")} == \
+        {k: straight[k] for k in ("chosen", "nll_chosen", "layers", "greedy")}
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load((tmp_path / "straight.yaml").read_text())
+
+    main([*argv, "--out", str(out)])
+    assert json.loads(out.with_suffix(".scores.json").read_text())["forwards"] == 0
+    main([*argv, "--sink", "2", "--out", str(out)])
+    passes = json.loads(out.with_suffix(".passes.json").read_text())["passes"]
+    assert json.loads(out.with_suffix(".scores.json").read_text())["forwards"] == len(passes) > 4
+    assert "holds passes of another model, adapter, settings or calibration data" in caplog.text
+
+
+def test_cli_unreadable_passes_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "sel.passes.json").write_text('{"fingerprint": "x", "passes": [[')
+    with pytest.raises(SystemExit, match=r"sel\.passes\.json: not a swaa\.select passes file .*remove it"):
+        main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--tasks", "passkey", "--lengths",
+              "160", "--n", "2", "--out", str(tmp_path / "sel.yaml")])
