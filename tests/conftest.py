@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random Llama/Qwen3 models and the SmolLM2 tokenizer (loaded once per session)."""
+"""Shared fixtures: tiny random Llama/Qwen3 models, the SmolLM2 tokenizer (loaded once per session), a Ctrl-C
+stand-in."""
 
 import pytest
 
@@ -15,3 +16,17 @@ def tiny_model(family: str = "llama", vocab_size: int = 128, layers: int = 4, se
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     return load_tokenizer()
+
+
+def interrupted_at_call(function, n: int):
+    """`function` that raises KeyboardInterrupt (as Ctrl-C does) on its n-th call instead of running; `.calls` counts
+    every call."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+    wrapper.calls = calls
+    return wrapper

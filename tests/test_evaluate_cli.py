@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import interrupted_at_call
 
 import evaluate
 from swaa.eval import runner
@@ -97,14 +98,8 @@ def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, 
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
     argv = ["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", "--tasks", "passkey", "--lengths", "256",
             "--n", "1", "--max-new-tokens", "2", "--out", str(tmp_path)]
-    generate, calls = runner.generate_answers, []
-
-    def interrupted_second_time(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return generate(*args, **kwargs)
-    monkeypatch.setattr(runner, "generate_answers", interrupted_second_time)
+    generate = interrupted_at_call(runner.generate_answers, 2)
+    monkeypatch.setattr(runner, "generate_answers", generate)
     with pytest.raises(SystemExit) as exc:
         evaluate.main(argv)
     assert exc.value.code == 130
@@ -114,7 +109,7 @@ def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, 
     assert not any("Traceback" in line for line in err)
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1  # the first cell is stored
     evaluate.main(argv)
-    assert len(calls) == 3  # the resumed run generated only the interrupted cell
+    assert len(generate.calls) == 3  # the resumed run generated only the interrupted cell
     assert "| fa |" in capsys.readouterr().out
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import tiny_model
+from conftest import interrupted_at_call, tiny_model
 
 import swaa.select as select
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
@@ -215,16 +215,8 @@ def test_cli_interrupted_selection_resumes_from_its_saved_passes(tmp_path, monke
             "160", "--n", "2"]
     main([*argv, "--out", str(tmp_path / "straight.yaml")])
     straight = json.loads((tmp_path / "straight.scores.json").read_text())
-    measure, calls = select.answer_nll, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return measure(*args, **kwargs)
-
     out = tmp_path / "sel.yaml"
-    monkeypatch.setattr(select, "answer_nll", interrupted)
+    monkeypatch.setattr(select, "answer_nll", interrupted_at_call(select.answer_nll, 5))
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--out", str(out)])
     assert stop.value.code == 130 and "4 passes are saved in" in caplog.text
