@@ -34,6 +34,7 @@ from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
+from swaa.eval.results import path_identity
 from swaa.files import write_atomic
 from swaa.integration import answer_start, apply_swaa, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns
@@ -342,20 +343,14 @@ class SavedPasses(dict):
 
 
 def passes_fingerprint(settings: dict[str, Any], batches: list[CalibrationBatch]) -> str:
-    """sha256 of the settings (JSON), the calibration tokens and the size and time of each local model or adapter file
-    they name (`model` / `adapter` keys)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    """sha256 of the settings (JSON), the path_identity of the local model and adapter they name (`model` /
+    `adapter` keys) and the calibration tokens."""
+    files = {key: path_identity(settings[key]) for key in ("model", "adapter")
+             if settings.get(key) and Path(settings[key]).exists()}
+    digest = hashlib.sha256(json.dumps({**settings, "files": files}, sort_keys=True, default=str).encode())
     for batch in batches:
         for tensor in (batch.input_ids, batch.attention_mask, batch.labels):
             digest.update(tensor.numpy().tobytes())
-    for spec in (settings.get("model"), settings.get("adapter")):
-        path = Path(spec) if spec else None
-        if path is not None and path.exists():
-            files = sorted(path.rglob("*")) if path.is_dir() else [path]
-            for f in (f for f in files if f.is_file()):
-                stat = f.stat()
-                digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}"
-                              .encode())
     return digest.hexdigest()
 
 

@@ -11,8 +11,8 @@ import swaa.select as select
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.eval.grid import parse_swaa_spec
 from swaa.integration import apply_swaa, remove_swaa
-from swaa.select import (answer_nll, calibration_samples, encode_samples, main, make_batches, periodic_layers,
-                         resolve_budget, select_full_layers)
+from swaa.select import (CalibrationBatch, answer_nll, calibration_samples, encode_samples, main, make_batches,
+                         passes_fingerprint, periodic_layers, resolve_budget, select_full_layers)
 
 IGNORE = -100
 
@@ -242,3 +242,18 @@ def test_cli_unreadable_passes_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(SystemExit, match=r"sel\.passes\.json: not a swaa\.select passes file .*remove it"):
         main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--tasks", "passkey", "--lengths",
               "160", "--n", "2", "--out", str(tmp_path / "sel.yaml")])
+
+
+def test_passes_fingerprint_follows_settings_adapter_files_and_tokens(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    ids = torch.arange(6).reshape(1, 6)
+    batches = [CalibrationBatch(ids, torch.ones_like(ids), torch.tensor([[IGNORE] * 4 + [4, 5]]))]
+    settings = {"model": "tiny:llama:4:49152", "adapter": str(adapter), "window": 16}
+    first = passes_fingerprint(settings, batches)
+    assert passes_fingerprint(dict(settings), batches) == first
+    assert passes_fingerprint({**settings, "window": 8}, batches) != first
+    assert passes_fingerprint(settings, [CalibrationBatch(ids + 1, torch.ones_like(ids), batches[0].labels)]) != first
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    assert passes_fingerprint(settings, batches) != first
