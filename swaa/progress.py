@@ -12,8 +12,15 @@ class StepProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, but the training bar shows `Epoch E, step n/max_steps` (Lightning's own shows batches of
     the epoch: `Epoch 0/-2` with max_steps only, `100/49` after a resume mid-epoch)."""
 
+    def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:
+        super().on_train_start(trainer)
+        self._start_epoch(trainer)  # a resume mid-epoch skips on_train_epoch_start for that epoch
+
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         super().on_train_epoch_start(trainer)
+        self._start_epoch(trainer)
+
+    def _start_epoch(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar
         bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches)
         bar.set_description(f"Epoch {trainer.current_epoch}, step")
