@@ -217,13 +217,20 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     assert "python -m swaa.eval.report records/smollm2_selection_teacher_similar --out" in text
     for records in (similar, of_tasks(similar, ["niah_multikey", "niah_multivalue", "niah_similar"])):
         assert markdown_table(summary_table(records)) in text
-    after_ft = of_configs(load_records([root / "records" / "smollm2_selection", root / "records" /
-                                        "smollm2_selection_swaa_ft"]),
-                          ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter", "w1024_sink_fad_greedy_4of30"])
+    selection_ft = load_records([root / "records" / "smollm2_selection", root / "records" /
+                                 "smollm2_selection_swaa_ft"])
+    after_ft = of_configs(selection_ft, ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter",
+                                         "w1024_sink_fad_greedy_4of30"])
     command = ("--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter "
                "w1024_sink_fad_greedy_4of30 --out")
     assert command in text
     for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
+        assert markdown_table(summary_table(records, "teacher_fa_more")) in text
+    w512_nofad = of_configs(selection_ft, ["fa", "w512_sink_fad_half", "w512_sink_fad_greedy512_quarter",
+                                           "w1024_sink_half", "w1024_sink_greedynofad_quarter"])
+    assert ("--configs fa w512_sink_fad_half w512_sink_fad_greedy512_quarter w1024_sink_half "
+            "w1024_sink_greedynofad_quarter \\\n    --out /tmp/selection_ft_w512_nofad") in text
+    for records in (w512_nofad, of_tasks(w512_nofad, ["niah_multikey", "niah_multivalue"])):
         assert markdown_table(summary_table(records, "teacher_fa_more")) in text
     table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
     headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
