@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The SmolLM2 results of RESULTS.md from a fresh clone on one GPU: the FA teacher (two stages), the five SWAA
-# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and three
-# SWAA-FTs under them (cross-entropy and KL to the teacher under 7 layers, KL under 4), and one table of them all
-# (results/smollm2/table.md).
+# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and five
+# SWAA-FTs under chosen layers (cross-entropy and KL to the teacher under 7 layers; KL under 4, under the 7 chosen at
+# W = 512 and under the 7 chosen without FA decode), and one table of them all (results/smollm2/table.md).
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
 #   M=/path/to/model.gguf bash configs/experiment/reproduce.sh   # another copy of the base model
 # Stage times on one H200: teacher 7.3 min, its continuation 5.3 min, each SWAA-FT 4.5-6.5 min alone, its evaluation
 # about 3 min, a grid configuration about 45 s with --decode static (1-2 min with --speed), the selection about 2 min
-# and its 17 configurations of 10 cells about 20 min: 120-140 min in all.
+# and its 17 configurations of 10 cells about 20 min: 140-160 min in all.
 # One stage at a time: an evaluation at batch 100 holds about 50 GB of GPU memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,11 +44,18 @@ done
 SEL_FT_KL=${SEL_FT}_kl  # the same with KL to the teacher on answer tokens (section 5)
 stage "$SEL_FT_KL" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
   --model.distill_weight 1.0 --trainer.logger.init_args.name "$SEL_FT_KL" --ckpt_path last
-SEL_FT_KL4=swaa_ft_fad_greedy_4of30_w1024_kl  # the KL recipe under the greedy 4 of 30 layers (section 5)
-stage "$SEL_FT_KL4" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
-  --model.distill_weight 1.0 --model.swaa '{window: 1024, sink: 64, fa_decode: true, full_layers: [14, 17, 18, 23]}' \
-  --trainer.logger.init_args.name "$SEL_FT_KL4" --ckpt_path last
-for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT $SEL_FT_KL $SEL_FT_KL4; do
+# the KL recipe under other committed layer choices (section 5): name|its SWAA settings|the configuration it is
+# evaluated under (the greedy 4 of 30; the 7 chosen at W = 512; the 7 chosen without FA decode)
+KL_RUNS=("swaa_ft_fad_greedy_4of30_w1024_kl|{window: 1024, sink: 64, fa_decode: true, full_layers: [14, 17, 18, 23]}|w1024_sink_fad_greedy_4of30"
+         "swaa_ft_fad_greedy512_quarter_w512_kl|{window: 512, sink: 64, fa_decode: true, full_layers: [5, 7, 8, 14, 17, 18, 23]}|w512_sink_fad_greedy512_quarter"
+         "swaa_ft_greedynofad_quarter_w1024_kl|{window: 1024, sink: 64, fa_decode: false, full_layers: [0, 6, 7, 14, 17, 18, 23]}|w1024_sink_greedynofad_quarter")
+KL_NAMES=$(for spec in "${KL_RUNS[@]}"; do echo "${spec%%|*}"; done)
+for spec in "${KL_RUNS[@]}"; do
+  IFS='|' read -r run swaa _ <<< "$spec"
+  stage "$run" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
+    --model.distill_weight 1.0 --model.swaa "$swaa" --trainer.logger.init_args.name "$run" --ckpt_path last
+done
+for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT $SEL_FT_KL $KL_NAMES; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
 done
@@ -68,15 +75,14 @@ stage eval_selection python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_mo
   --swaa configs/swaa/grid_selection_smollm2.yaml --presets runs/selection/selected.yaml --decode static \
   --out results/selection
 SEL_GRID="--swaa configs/swaa/grid_selection_smollm2.yaml --presets configs/swaa/selected_smollm2_w1024.yaml"
-for pair in $SEL_FT:w1024_sink_fad_greedy_quarter $SEL_FT_KL:w1024_sink_fad_greedy_quarter \
-            $SEL_FT_KL4:w1024_sink_fad_greedy_4of30; do
-  run=${pair%%:*}
+for spec in "$SEL_FT||w1024_sink_fad_greedy_quarter" "$SEL_FT_KL||w1024_sink_fad_greedy_quarter" "${KL_RUNS[@]}"; do
+  IFS='|' read -r run _ config <<< "$spec"
   stage "eval_$run" python evaluate.py $EVAL_MODEL --adapter "runs/$run/checkpoints/last.ckpt" $SEL_GRID \
-    --configs "fa,${pair#*:}" --decode static --out "results/$run"
+    --configs "fa,$config" --decode static --out "results/$run"
 done
 stage eval_swaa_ft_fad_half_w1024_selection python evaluate.py $EVAL_MODEL \
   --adapter runs/swaa_ft_fad_half_w1024/checkpoints/last.ckpt $SEL_GRID --configs w1024_sink_fad_half \
   --decode static --out results/swaa_ft_fad_half_w1024_selection  # its odd-layer counterpart on the same tasks
 stage table python -m swaa.eval.report results/teacher_fa_more $(printf 'results/%s ' $FT_NAMES) results/selection \
-  "results/$SEL_FT" "results/$SEL_FT_KL" "results/$SEL_FT_KL4" results/swaa_ft_fad_half_w1024_selection \
+  "results/$SEL_FT" "results/$SEL_FT_KL" $(printf 'results/%s ' $KL_NAMES) results/swaa_ft_fad_half_w1024_selection \
   --out results/smollm2 --fa-run teacher_fa_more   # table.md, table.csv, accuracy.png, speed.png
