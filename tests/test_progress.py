@@ -13,7 +13,8 @@ def test_bar_counts_steps_of_max_steps_across_epochs_and_a_resume(tmp_path, max_
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     make_trainer(tmp_path, 3, callbacks=[checkpoint], enable_checkpointing=True).fit(built(), random_batches())
     bar = StepProgressBar()  # 4 batches per epoch: the resume starts mid-epoch 0
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, limit_val_batches=0, enable_model_summary=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, limit_val_batches=0,
+                        enable_model_summary=False,
                         callbacks=[bar, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
     trainer.fit(built(), random_batches(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (max_steps, max_steps)  # Lightning's: 2/4
