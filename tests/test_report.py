@@ -193,6 +193,14 @@ def test_fa_run_sets_the_reference_of_every_row(tmp_path):
         summary_table(records, fa_run="nobody")
     main([str(tmp_path / "teacher"), str(tmp_path / "student"), "--fa-run", "teacher", "--out", str(tmp_path / "r")])
     assert "% of FA se" in pd.read_csv(tmp_path / "r" / "table.csv").columns
+    main([str(tmp_path / "teacher"), str(tmp_path / "student"), "--fa-run", "teacher", "--configs", "sink",
+          "--out", str(tmp_path / "sink")])  # the reference FA row stays, the other run's does not
+    sink = pd.read_csv(tmp_path / "sink" / "table.csv").set_index(["run", "config"])
+    assert sorted(sink.index) == [("SmolLM2.gguf + student", "sink"), ("SmolLM2.gguf + teacher", "fa"),
+                                  ("SmolLM2.gguf + teacher", "sink")]
+    on_disk = summary_table(load_records([tmp_path / "teacher", tmp_path / "student"]), "teacher")
+    assert sink.loc[("SmolLM2.gguf + student", "sink"), "% of FA"] == pytest.approx(
+        on_disk.set_index(["run", "config"]).loc[("SmolLM2.gguf + student", "sink"), "% of FA"])
 
 
 def test_results_md_tables_are_what_the_report_prints_from_the_records():
@@ -226,9 +234,10 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
     assert command in text
     for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
         assert markdown_table(summary_table(records, "teacher_fa_more")) in text
-    w512_nofad = of_configs(selection_ft, ["fa", "w512_sink_fad_half", "w512_sink_fad_greedy512_quarter",
-                                           "w1024_sink_half", "w1024_sink_greedynofad_quarter"])
-    assert ("--configs fa w512_sink_fad_half w512_sink_fad_greedy512_quarter w1024_sink_half "
+    teacher_fa = [r for r in of_configs(selection_ft, ["fa"]) if r["key"]["adapter"].endswith("/teacher_fa_more")]
+    w512_nofad = teacher_fa + of_configs(selection_ft, ["w512_sink_fad_half", "w512_sink_fad_greedy512_quarter",
+                                                        "w1024_sink_half", "w1024_sink_greedynofad_quarter"])
+    assert ("--configs w512_sink_fad_half w512_sink_fad_greedy512_quarter w1024_sink_half "
             "w1024_sink_greedynofad_quarter \\\n    --out /tmp/selection_ft_w512_nofad") in text
     for records in (w512_nofad, of_tasks(w512_nofad, ["niah_multikey", "niah_multivalue"])):
         assert markdown_table(summary_table(records, "teacher_fa_more")) in text

@@ -63,9 +63,14 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df[~dup].reset_index(drop=True)
 
 
+def _names(fa_run: str, run: str) -> bool:
+    """Whether `fa_run` names the run label `run`: the label itself or its adapter's name."""
+    return run == fa_run or run.endswith(f" + {fa_run}")
+
+
 def _fa_reference_run(df: pd.DataFrame, fa_run: str) -> str:
     """The one run label that `fa_run` names (the label itself or its adapter's name) and that has FA records."""
-    runs = sorted({run for run in df["run"] if run == fa_run or run.endswith(f" + {fa_run}")})
+    runs = sorted({run for run in df["run"] if _names(fa_run, run)})
     if len(runs) != 1:
         raise ValueError(f"fa_run={fa_run!r} matches {len(runs)} runs {runs}; expected one of {sorted(set(df['run']))}")
     if not ((df["run"] == runs[0]) & (df["tag"] == FA_TAG)).any():
@@ -221,12 +226,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", help="only the cells of these tasks, space or comma separated "
                                                    "(default: every task)")
     parser.add_argument("--configs", nargs="+", help="only the rows of these configuration names, space or comma "
-                                                     "separated (default: every configuration)")
+                                                     "separated (default: every configuration); with --fa-run its FA "
+                                                     "row stays")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        records = of_configs(of_tasks(load_records(args.results), split_values(args.tasks)), split_values(args.configs))
-        paths = write_report(records, args.out, args.fa_run)
+        records = of_tasks(load_records(args.results), split_values(args.tasks))
+        chosen = of_configs(records, split_values(args.configs))
+        if args.fa_run is not None and args.configs is not None:  # the reference row stays, listed in --configs or not
+            kept = {id(r) for r in chosen}
+            chosen = [r for r in records if id(r) in kept or (r["key"]["swaa_tag"] == FA_TAG and
+                                                              _names(args.fa_run, _run_label(r["key"])))]
+        paths = write_report(chosen, args.out, args.fa_run)
     except (OSError, ValueError) as e:
         parser.error(str(e))
     for path in paths.values():
