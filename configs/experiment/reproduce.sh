@@ -44,17 +44,20 @@ done
 SEL_FT_KL=${SEL_FT}_kl  # the same with KL to the teacher on answer tokens (section 5)
 stage "$SEL_FT_KL" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
   --model.distill_weight 1.0 --trainer.logger.init_args.name "$SEL_FT_KL" --ckpt_path last
-# the KL recipe under other committed layer choices (section 5): name|its SWAA settings|the configuration it is
-# evaluated under (the greedy 4 of 30; the 7 chosen at W = 512; the 7 chosen without FA decode)
-KL_RUNS=("swaa_ft_fad_greedy_4of30_w1024_kl|{window: 1024, sink: 64, fa_decode: true, full_layers: [14, 17, 18, 23]}|w1024_sink_fad_greedy_4of30"
-         "swaa_ft_fad_greedy512_quarter_w512_kl|{window: 512, sink: 64, fa_decode: true, full_layers: [5, 7, 8, 14, 17, 18, 23]}|w512_sink_fad_greedy512_quarter"
-         "swaa_ft_greedynofad_quarter_w1024_kl|{window: 1024, sink: 64, fa_decode: false, full_layers: [0, 6, 7, 14, 17, 18, 23]}|w1024_sink_greedynofad_quarter")
-KL_NAMES=$(for spec in "${KL_RUNS[@]}"; do echo "${spec%%|*}"; done)
-for spec in "${KL_RUNS[@]}"; do
-  IFS='|' read -r run swaa _ <<< "$spec"
-  stage "$run" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
-    --model.distill_weight 1.0 --model.swaa "$swaa" --trainer.logger.init_args.name "$run" --ckpt_path last
-done
+kl_run() {  # kl_run NAME SWAA: the KL recipe under another committed layer choice (section 5)
+  stage "$1" python train.py fit --config "configs/experiment/$SEL_FT.yaml" $MODEL_ARG $TEACHER_MORE \
+    --model.distill_weight 1.0 --model.swaa "$2" --trainer.logger.init_args.name "$1" --ckpt_path last
+}
+kl_run swaa_ft_fad_greedy_4of30_w1024_kl '{window: 1024, sink: 64, fa_decode: true, full_layers: [14, 17, 18, 23]}'
+kl_run swaa_ft_fad_greedy512_quarter_w512_kl \
+  '{window: 512, sink: 64, fa_decode: true, full_layers: [5, 7, 8, 14, 17, 18, 23]}'  # the 7 chosen at W = 512
+kl_run swaa_ft_greedynofad_quarter_w1024_kl \
+  '{window: 1024, sink: 64, fa_decode: false, full_layers: [0, 6, 7, 14, 17, 18, 23]}'  # the 7 chosen without FA decode
+# each run and the selection grid configuration it is evaluated under
+KL_RUNS="swaa_ft_fad_greedy_4of30_w1024_kl:w1024_sink_fad_greedy_4of30
+         swaa_ft_fad_greedy512_quarter_w512_kl:w512_sink_fad_greedy512_quarter
+         swaa_ft_greedynofad_quarter_w1024_kl:w1024_sink_greedynofad_quarter"
+KL_NAMES=$(for pair in $KL_RUNS; do echo "${pair%%:*}"; done)
 for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT $SEL_FT_KL $KL_NAMES; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
     ${M:+--model $M} --overwrite
@@ -75,14 +78,15 @@ stage eval_selection python evaluate.py $EVAL_MODEL --adapter runs/teacher_fa_mo
   --swaa configs/swaa/grid_selection_smollm2.yaml --presets runs/selection/selected.yaml --decode static \
   --out results/selection
 SEL_GRID="--swaa configs/swaa/grid_selection_smollm2.yaml --presets configs/swaa/selected_smollm2_w1024.yaml"
-for spec in "$SEL_FT||w1024_sink_fad_greedy_quarter" "$SEL_FT_KL||w1024_sink_fad_greedy_quarter" "${KL_RUNS[@]}"; do
-  IFS='|' read -r run _ config <<< "$spec"
+for pair in $SEL_FT:w1024_sink_fad_greedy_quarter $SEL_FT_KL:w1024_sink_fad_greedy_quarter $KL_RUNS; do
+  run=${pair%%:*}
   stage "eval_$run" python evaluate.py $EVAL_MODEL --adapter "runs/$run/checkpoints/last.ckpt" $SEL_GRID \
-    --configs "fa,$config" --decode static --out "results/$run"
+    --configs "fa,${pair#*:}" --decode static --out "results/$run"
 done
 stage eval_swaa_ft_fad_half_w1024_selection python evaluate.py $EVAL_MODEL \
   --adapter runs/swaa_ft_fad_half_w1024/checkpoints/last.ckpt $SEL_GRID --configs w1024_sink_fad_half \
   --decode static --out results/swaa_ft_fad_half_w1024_selection  # its odd-layer counterpart on the same tasks
 stage table python -m swaa.eval.report results/teacher_fa_more $(printf 'results/%s ' $FT_NAMES) results/selection \
-  "results/$SEL_FT" "results/$SEL_FT_KL" $(printf 'results/%s ' $KL_NAMES) results/swaa_ft_fad_half_w1024_selection \
+  "results/$SEL_FT" "results/$SEL_FT_KL" $(printf 'results/%s ' $KL_NAMES) \
+  results/swaa_ft_fad_half_w1024_selection \
   --out results/smollm2 --fa-run teacher_fa_more   # table.md, table.csv, accuracy.png, speed.png
