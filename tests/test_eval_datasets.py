@@ -19,7 +19,8 @@ ROWS = [
 def write(path, rows):
     if path.suffix == ".parquet":
         # a parquet column holds one type: every answer as a list
-        listed = [{**row, "answer": [a] if isinstance(a := row["answer"], str) else a} for row in rows]
+        listed = [{**row, "answer": [a] if isinstance(a := row["answer"], str) else a} if "answer" in row else row
+                  for row in rows]
         pd.DataFrame(listed).to_parquet(path)
     elif path.suffix == ".jsonl":
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -50,6 +51,22 @@ def test_prompt_field_answers_alias_default_ids_and_limit(tmp_path):
     assert len(load_eval_file(path)) == 3
     with pytest.raises(ValueError, match="limit must be >= 1"):
         load_eval_file(path, limit=0)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_rows_of_one_file_may_take_either_form(tmp_path, suffix):
+    """data/README.md's example mixes `context` + `question` with `prompt`, and `answer` with `answers`: the other
+    rows' fields are missing values in a row, not its fields."""
+    rows = [{"context": "Alice moved to Oslo.", "question": "Where does Alice live?", "answer": ["Oslo"]},
+            {"prompt": "Which planet is largest?", "choices": ["Mars", "Jupiter"], "answer": ["B"]},
+            {"prompt": "Say hi.", "answers": ["hi", "hello"]}]
+    samples = load_eval_file(write(tmp_path / f"mixed{suffix}", rows))
+    assert [s.prompt for s in samples] == ["Alice moved to Oslo.\n\nWhere does Alice live?",
+                                           "Which planet is largest?", "Say hi."]
+    assert [s.answers for s in samples] == [["Oslo"], ["B"], ["hi", "hello"]]
+    assert [s.scorer for s in samples] == ["contains", "choice", "contains"]
+    with pytest.raises(ValueError, match="row 1: field 'prompt' must be a non-empty string"):
+        load_eval_file(write(tmp_path / f"none{suffix}", [rows[0], {"prompt": None, "answer": ["x"]}]))
 
 
 def test_missing_fields_are_named(tmp_path):

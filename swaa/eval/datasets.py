@@ -52,11 +52,18 @@ def _text(record: dict, field: str, path: Path, row: int) -> str:
     return value
 
 
-def _sample(record: dict, row: int, path: Path, answer_field: str) -> Sample:
-    if "prompt" in record:
+def _field(record: dict, *names: str) -> str:
+    """The first of `names` this row has a value for, else the first the file has (its check then names it): in a
+    file of mixed rows the other rows' fields are columns with missing values."""
+    return next((f for f in names if f in record and not _missing(record[f])), next(f for f in names if f in record))
+
+
+def _sample(record: dict, row: int, path: Path) -> Sample:
+    if _field(record, "prompt", "context", "question") == "prompt":
         prompt = _text(record, "prompt", path, row)
     else:
         prompt = f"{_text(record, 'context', path, row)}\n\n{_text(record, 'question', path, row)}"
+    answer_field = _field(record, "answer", "answers")
     answers = _strings(record[answer_field], path, row, answer_field)
     raw_choices = record.get("choices")
     choices = None
@@ -75,8 +82,9 @@ def _sample(record: dict, row: int, path: Path, answer_field: str) -> Sample:
 
 
 def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
-    """Samples from a parquet/jsonl/json file with fields `prompt` (or `context` + `question`, joined by a blank line),
-    `answer` or `answers` (string or list), optional `choices` (list; scored with "choice", else "contains"), `id`."""
+    """Samples from a parquet/jsonl/json file with, per row, `prompt` (or `context` + `question`, joined by a blank
+    line), `answer` or `answers` (string or list), optional `choices` (list; scored with "choice", else "contains"),
+    `id`; the first `limit` rows, all for None."""
     path = Path(path)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
@@ -85,13 +93,12 @@ def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
     missing = []
     if "prompt" not in fields and not {"context", "question"} <= set(fields):
         missing.append("'prompt' (or 'context' and 'question')")
-    answer_field = "answer" if "answer" in fields else "answers"
-    if answer_field not in fields:
+    if "answer" not in fields and "answers" not in fields:
         missing.append("'answer' (or 'answers')")
     if missing:
         raise ValueError(f"eval file {path}: missing field(s) {', '.join(missing)}; the file has fields {fields}")
     records = frame.iloc[:limit].to_dict("records")
-    samples = [_sample(record, row, path, answer_field) for row, record in enumerate(records)]
+    samples = [_sample(record, row, path) for row, record in enumerate(records)]
     log.info("loaded %d samples from %s", len(samples), path)
     return samples
 
