@@ -38,11 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--presets", help="SWAA presets YAML (default: the bundled swaa/presets.yaml)")
     p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
     p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
-    p.add_argument("--n", type=int, help="samples per task and length, or the first n of --data")
+    p.add_argument("--n", type=int, help="samples per task and length (default: grid), or the first n rows of --data "
+                                         "(default: all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--data", help="evaluation file (.parquet or .jsonl) instead of synthetic tasks")
+    p.add_argument("--data", help="evaluation file (.parquet, .jsonl or .json; data/README.md) instead of synthetic "
+                                  "tasks")
     p.add_argument("--scorer", help="override every sample's scorer (e.g. contains, or judge with --judge-model)")
     p.add_argument("--judge-model", help="model that judges answers when --scorer judge")
     p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         configs, grid = select_grid(args.swaa, args.presets, args.configs)
-        if args.data:
-            grid = {k: v for k, v in grid.items() if k not in ("tasks", "lengths")}
+        if args.data:  # the file brings the samples: all its rows unless --n
+            grid = {**{k: v for k, v in grid.items() if k not in ("tasks", "lengths")}, "n": None}
         overrides = {k: getattr(args, k) for k in GRID_SETTINGS if getattr(args, k) is not None}
         settings = GridSettings(**{**grid, **overrides}, scorer=args.scorer, data_file=args.data,
                                 judge_model=args.judge_model, speed=args.speed, decode=args.decode,

@@ -49,6 +49,21 @@ def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
         evaluate.main(["--data", str(data)])
 
 
+def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch):
+    """The grid's n (2 in the default grid) is for synthetic tasks: --data takes every row, --n the first n."""
+    seen = []
+
+    def settings_of(configs, settings, model, adapter):
+        seen.append(settings.n)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(evaluate, "run_grid", settings_of)
+    for argv in (["--data", "qa.jsonl"], ["--data", "qa.jsonl", "--n", "3"]):
+        with pytest.raises(SystemExit, match="stop here"):
+            evaluate.main(argv)
+    assert seen == [None, 3]
+
+
 def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch, tmp_path):
     """A grid whose second config names layer 5 of a 2-layer model fails before the first config is evaluated."""
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: (_ for _ in ()).throw(AssertionError("loaded")))

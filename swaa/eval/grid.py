@@ -90,13 +90,14 @@ def _positive_int(name: str, value: Any) -> None:
 
 @dataclasses.dataclass
 class GridSettings:
-    """How to run a grid: synthetic `tasks` x `lengths` (n samples each) or the first n samples of `data_file`,
+    """How to run a grid: synthetic `tasks` x `lengths` (n samples each) or the first n samples of `data_file` (all
+    for n None),
     greedy answers of up to `max_new_tokens`, scored by each sample's scorer or `scorer` (with `judge_model` for
     'judge'); `speed` also times prefill and decode; SWA layers run on `backend`; results go to `out_dir`."""
 
     tasks: list[str] | None = None
     lengths: list[int] | None = None
-    n: int = 10
+    n: int | None = 10
     seed: int = 0
     max_new_tokens: int = 32
     batch_size: int = 8
@@ -111,8 +112,10 @@ class GridSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_new_tokens", "batch_size"):
+        for name in ("max_new_tokens", "batch_size"):
             _positive_int(name, getattr(self, name))
+        if self.n is not None or self.data_file is None:  # None: every row of data_file
+            _positive_int("n", self.n)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r}: expected an int")
         for name in ("tasks", "lengths"):
