@@ -97,11 +97,13 @@ def test_write_report_files(tmp_path):
     assert "speed_plot" not in write_report(_records(tmp_path / "nospeed", speed=False), tmp_path / "r2")
 
 
-def test_cli_merges_a_checkpoint_and_its_exported_adapter(tmp_path):
-    """Records of runs/t/checkpoints/last.ckpt and of the adapter exported from it form one run."""
+def test_cli_merges_a_checkpoint_and_its_exported_adapter(tmp_path, capsys):
+    """Records of runs/t/checkpoints/last.ckpt and of the adapter exported from it form one run; the table it writes
+    is also printed."""
     _records(tmp_path / "a", speed=False, adapter="runs/t/checkpoints/last.ckpt")
     _records(tmp_path / "b", speed=False, adapter="data/adapters/t")
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report")])
+    assert capsys.readouterr().out == (tmp_path / "report" / "table.md").read_text()
     csv = pd.read_csv(tmp_path / "report" / "table.csv")
     assert list(csv["config"]) == ["fa", "naive", "sink"]
     assert set(csv["run"]) == {"SmolLM2.gguf + t"}

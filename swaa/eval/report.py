@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = write_report(chosen, args.out, args.fa_run)
     except (OSError, ValueError) as e:
         parser.error(str(e))
+    print(paths["markdown"].read_text(), end="")
     for path in paths.values():
         log.info("wrote %s", path)
 
