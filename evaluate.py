@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--swaa", help=f"a grid YAML, comma-separated preset names, or inline JSON such as "
                                   f"'{{\"window\": 256, \"sink\": 16}}' (default: {DEFAULT_GRID.name})")
     p.add_argument("--configs", nargs="+", help="run only these configurations of the grid, by name")
-    p.add_argument("--presets", help="SWAA presets YAML (default: the bundled swaa/presets.yaml)")
+    p.add_argument("--presets", help="SWAA presets YAML whose names --swaa and the grid may use besides the bundled "
+                                     "swaa/presets.yaml (its own win on a shared name)")
     p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
     p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
     p.add_argument("--n", type=int, help="samples per task and length (default: grid), or the first n rows of --data "

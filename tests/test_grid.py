@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swaa import SWAAConfig
+from swaa import SWAAConfig, load_presets
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, load_grid, parse_swaa_spec, select_grid
 from swaa.tasks.generators import TASKS
 
@@ -61,16 +61,18 @@ def test_cuda_device_without_cuda_is_an_error():
         GridSettings(tasks=["passkey"], lengths=[256], device="cuda")
 
 
-def test_select_grid_reads_preset_names_from_a_presets_file_of_its_own(tmp_path):
-    """`--presets selected.yaml --swaa NAME` (what swaa.select writes): the names come from that file, the settings
-    from the default grid, whose own configs name only bundled presets."""
+def test_select_grid_reads_preset_names_from_a_presets_file_beside_the_bundled_ones(tmp_path):
+    """`--presets selected.yaml --swaa fa,NAME` (what swaa.select writes, and the FA baseline): the file adds its
+    names to the bundled presets and wins on a shared name; the settings come from the default grid."""
     presets = tmp_path / "selected.yaml"
-    presets.write_text("greedy_w64_s4_fad_2of8: {window: 64, sink: 4, fa_decode: true, full_layers: [1, 5]}\n")
-    configs, settings = select_grid("greedy_w64_s4_fad_2of8", presets)
-    assert configs == {"greedy_w64_s4_fad_2of8": SWAAConfig(window=64, sink=4, fa_decode=True, full_layers=[1, 5])}
+    presets.write_text("greedy_w64_s4_fad_2of8: {window: 64, sink: 4, fa_decode: true, full_layers: [1, 5]}\n"
+                       "sink: {window: 32, sink: 2}\n")
+    configs, settings = select_grid("fa,greedy_w64_s4_fad_2of8,sink", presets)
+    assert configs == {"fa": load_presets()["fa"], "sink": SWAAConfig(window=32, sink=2),
+                       "greedy_w64_s4_fad_2of8": SWAAConfig(window=64, sink=4, fa_decode=True, full_layers=[1, 5])}
     assert settings == load_grid(DEFAULT_GRID)[1]
-    with pytest.raises(ValueError, match="unknown SWAA preset 'sink'"):
-        select_grid("sink", presets)
+    with pytest.raises(ValueError, match="unknown SWAA preset 'nope'"):
+        select_grid("nope", presets)
 
 
 @pytest.mark.parametrize("fields, message", [

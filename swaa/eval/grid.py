@@ -30,7 +30,9 @@ def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> di
         spec = {name: name for name in spec}
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"{where}: expected a non-empty list of preset names or a mapping name -> SWAA config")
-    presets = load_presets(presets_path) if any(isinstance(v, str) for v in spec.values()) else {}
+    presets = {}
+    if any(isinstance(v, str) for v in spec.values()):  # a presets file adds to the bundled presets (its names win)
+        presets = {**load_presets(), **(load_presets(presets_path) if presets_path is not None else {})}
     return {str(name): resolve_swaa(value, presets, f"{where}: config {name}") for name, value in spec.items()}
 
 
