@@ -171,6 +171,11 @@ def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
     return presets
 
 
+def presets_with(path: str | Path | None) -> dict[str, SWAAConfig]:
+    """The bundled presets plus those of the YAML file `path` (its names win); the bundled ones alone for None."""
+    return {**load_presets(), **(load_presets(path) if path is not None else {})}
+
+
 def resolve_swaa(spec: SWAAConfig | dict | str | None, presets: dict[str, SWAAConfig] | None = None,
                  where: str = "swaa") -> SWAAConfig:
     """The one way to turn a user's SWAA value into a config: a SWAAConfig, a dict of fields, a JSON object, a preset

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import swaa.bench.model as bench
-from swaa import SWAAConfig
+from swaa import SWAAConfig, load_presets
 from swaa.attention import BACKENDS
 from swaa.bench.model import BenchConfig, builtin_configs, markdown, parse_configs, run
 
@@ -147,6 +147,8 @@ def test_parse_configs(tmp_path):
     assert configs[3] == BenchConfig("y", hf_window=16)
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         parse_configs("nope", 128, 8, str(presets))
+    bundled = parse_configs("sink_fa_decode", 128, 8, str(presets))  # a presets file adds to the bundled ones
+    assert bundled[0].swaa == load_presets()["sink_fa_decode"]
     with pytest.raises(ValueError, match="either hf_window"):
         parse_configs('z={"window": 8, "hf_window": 8}', 128, 8, str(presets))
     with pytest.raises(ValueError, match="--configs bad.*sink"):

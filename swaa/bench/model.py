@@ -22,7 +22,7 @@ from swaa.attention import BACKENDS
 from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_at_least,
                                int_list, model_config, random_model, relative_error, run_metadata, shape_fields,
                                write_results)
-from swaa.config import SWAAConfig, check_depth, load_presets, resolve_swaa
+from swaa.config import SWAAConfig, check_depth, presets_with, resolve_swaa
 from swaa.files import write_atomic
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
@@ -118,8 +118,8 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = None) -> list[BenchConfig]:
-    """`name,name=json,...`: built-in names, preset names (default: the bundled presets), or JSON of SWAAConfig fields
-    plus optional `hf_window` / `attn_implementation`."""
+    """`name,name=json,...`: built-in names, preset names (bundled, or of `presets_path` too), or JSON of SWAAConfig
+    fields plus optional `hf_window` / `attn_implementation`."""
     builtins, presets, configs = builtin_configs(window, sink), None, []
     for item in _split_top_level(spec):
         name, sep, body = item.partition("=")
@@ -136,7 +136,7 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = 
         elif name in builtins:
             configs.append(builtins[name])
         else:
-            presets = load_presets(presets_path) if presets is None else presets
+            presets = presets_with(presets_path) if presets is None else presets
             if name not in presets:
                 raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets"
                                  f"{' in ' + presets_path if presets_path else ''}: {sorted(presets)}, or give "
@@ -449,7 +449,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, decode_tokens: int) -> 
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated: built-in names, preset names, or name=JSON of SWAAConfig fields "
                              "(plus hf_window, attn_implementation)")
-    parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled presets)")
+    parser.add_argument("--presets", help="SWAA presets YAML, besides the bundled presets (its names win)")
     parser.add_argument("--window", type=int_at_least(1), default=2048, help="W of the built-in configs")
     parser.add_argument("--sink", type=int_at_least(0), default=64, help="S of the built-in SWAA configs")
     parser.add_argument("--decode-tokens", type=int_at_least(1), default=decode_tokens,

@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", type=int_list, default=[16384, 32768], help="comma-separated sequence lengths")
     parser.add_argument("--configs", default="fa,swa_all_fad,swa_half_fad",
                         help="comma-separated built-in names, preset names or name=JSON (as in the model job)")
-    parser.add_argument("--presets", help="SWAA presets YAML (default: the bundled presets)")
+    parser.add_argument("--presets", help="SWAA presets YAML, besides the bundled presets (its names win)")
     parser.add_argument("--window", type=int_at_least(1), default=2048, help="W of the built-in configs")
     parser.add_argument("--sink", type=int_at_least(0), default=64, help="S of the built-in configs")
     parser.add_argument("--steps", type=int_at_least(1), default=3,

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from swaa import SWAAConfig, load_presets
+from swaa import SWAAConfig
 from swaa.attention import BACKENDS
-from swaa.config import resolve_swaa
+from swaa.config import presets_with, resolve_swaa
 from swaa.generation import DECODE_MODES
 from swaa.models import check_device
 from swaa.tasks.generators import TASKS
@@ -30,9 +30,7 @@ def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> di
         spec = {name: name for name in spec}
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"{where}: expected a non-empty list of preset names or a mapping name -> SWAA config")
-    presets = {}
-    if any(isinstance(v, str) for v in spec.values()):  # a presets file adds to the bundled presets (its names win)
-        presets = {**load_presets(), **(load_presets(presets_path) if presets_path is not None else {})}
+    presets = presets_with(presets_path) if any(isinstance(v, str) for v in spec.values()) else {}
     return {str(name): resolve_swaa(value, presets, f"{where}: config {name}") for name, value in spec.items()}
 
 
