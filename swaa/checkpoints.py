@@ -136,11 +136,24 @@ def load_trained_weights(model: PreTrainedModel | PeftModel, path: str | Path,
         _load_trained_state(model, read_checkpoint(path), path, lora)
 
 
-def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora: LoRASettings | None) -> None:
+def _adapter_files(folder: Path) -> tuple[Path, Path]:
+    """The config and weights files of a peft adapter folder; an error names what is missing."""
     config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     missing = [f.name for f in (config_file, weights_file) if not f.is_file()]
     if missing:
         raise CheckpointError(f"{folder} is not a peft adapter folder: {', '.join(missing)} missing")
+    return config_file, weights_file
+
+
+def _check_adapter_keys(model: PeftModel, weights_file: Path, folder: Path) -> None:
+    """The folder's tensors must be exactly the model's LoRA tensors (an adapter of another depth loads partially)."""
+    # save_embedding_layers=False: peft's default would ask the Hub about the base model's config (no network here)
+    check_keys(set(load_safetensors(weights_file)), set(get_peft_model_state_dict(model, save_embedding_layers=False)),
+               folder)
+
+
+def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora: LoRASettings | None) -> None:
+    config_file, weights_file = _adapter_files(folder)
     if not isinstance(model, PeftModel):
         raise CheckpointError(f"{folder} holds LoRA adapters, but this model has none (lora.full_finetune is set)")
     saved = json.loads(config_file.read_text())
@@ -150,9 +163,8 @@ def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora:
                   for name, (key, value) in fields.items() if saved.get(key) != value]
         if differ:
             raise CheckpointError(f"adapter {folder} was trained with other LoRA settings: {'; '.join(differ)}")
+    _check_adapter_keys(model, weights_file, folder)
     state = load_safetensors(weights_file)
-    # save_embedding_layers=False: peft's default would ask the Hub about the base model's config (no network here)
-    check_keys(set(state), set(get_peft_model_state_dict(model, save_embedding_layers=False)), folder)
     set_peft_model_state_dict(model, state)
     log.info("loaded %d trained tensors from %s", len(state), folder)
 
@@ -174,9 +186,13 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
     """`model` with trained weights from a peft adapter folder or a train.py .ckpt (LoRA: returns the peft model)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
-        return PeftModel.from_pretrained(model, str(path))
+        _, weights_file = _adapter_files(path)
+        try:
+            model = PeftModel.from_pretrained(model, str(path))
+        except RuntimeError as e:  # torch's "size mismatch" for an adapter of another width
+            raise CheckpointError(f"adapter {path} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
+        _check_adapter_keys(model, weights_file, path)
+        return model
     checkpoint = read_checkpoint(path)
     lora = LoRASettings(**checkpoint[FINGERPRINT_KEY]["lora"])
     model = add_lora(model, lora)

@@ -134,6 +134,21 @@ def test_load_adapter_refuses_another_architecture(trained):
         load_adapter(build_tiny_model("tiny:llama:3:128"), trained[1])
 
 
+def test_an_adapter_folder_of_another_depth_or_width_is_refused(trained, tmp_path):
+    """evaluate.py / swaa.select load adapter folders through peft, which skips tensors a deeper model lacks and leaves
+    the extra layers' LoRA untrained: the folder's tensors must be the model's LoRA tensors exactly."""
+    adapter = export(trained[1], tmp_path / "adapter")
+    depth = int(TINY.split(":")[2])
+    for other in (depth - 1, depth + 1):
+        with pytest.raises(CheckpointError, match="does not match the trainable parameters"):
+            load_adapter(build_tiny_model(TINY.replace(f":{depth}:", f":{other}:", 1)), adapter)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_adapter(build_tiny_model(TINY, hidden_size=32, intermediate_size=64), adapter)
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors missing"):
+        load_adapter(build_tiny_model(TINY), adapter)
+
+
 def test_init_weights_starts_a_new_run_from_a_checkpoint(trained):
     lit, path = trained
     started = module(swaa={"window": 4}, init_weights=str(path))  # another SWAA config: e.g. the FA teacher's
