@@ -32,3 +32,10 @@ def test_no_shared_cell_is_an_error(tmp_path):
     _store(tmp_path / "b", "id", {"niah": ["a"]}, 1.0)
     with pytest.raises(ValueError, match="no cell"):
         compare(tmp_path / "a", tmp_path / "b")
+
+
+def test_cli_input_errors_are_one_line(tmp_path, capsys):
+    _store(tmp_path / "a", "id", {"passkey": ["a"]}, 1.0)
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a"), str(tmp_path / "missing")])
+    assert exc.value.code == 2 and "missing" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Self-distillation: records match generate_answers, resume skips finished prompts, crash leftovers dropped."""
 
 import json
+import re
 
 import pytest
 
@@ -68,7 +69,23 @@ def test_resume_refuses_an_output_of_other_prompts(model, smollm2_tokenizer, tmp
         distill(model, smollm2_tokenizer, PROMPTS, out)
 
 
-def test_cli_rejects_unknown_preset_before_loading(prompt_file, tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    (["--swaa-preset", "no_such_preset"], "unknown SWAA preset 'no_such_preset'"),
+    (["--batch-size", "-1"], r"--batch-size=-1: expected an int >= 1"),  # wrote nothing and said "wrote 5 records"
+    (["--max-new-tokens", "0"], r"--max-new-tokens=0: expected an int >= 1"),
+    (["--device", "cuda:x"], r"--device='cuda:x': expected a torch device"),
+    (["--model", "/no/such/model"], "/no/such/model"),
+])
+def test_cli_rejects_bad_input_in_one_line_before_writing(prompt_file, tmp_path, capsys, extra, message):
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "default", "--prompts", str(prompt_file), "--out", str(out), *extra])
+    assert exc.value.code == 2 and re.search(message, capsys.readouterr().err) and not out.exists()
+
+
+def test_cli_names_a_damaged_output_line(prompt_file, tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"index": 0, "prompt": "hi", "response": "r"}\nnot json\n{"index": 2}\n')
     with pytest.raises(SystemExit):
-        main(["--model", "default", "--prompts", str(prompt_file), "--out", str(tmp_path / "o.jsonl"),
-              "--swaa-preset", "no_such_preset"])
+        main(["--model", "default", "--prompts", str(prompt_file), "--out", str(out)])
+    assert "o.jsonl line 2: not a record of this tool" in capsys.readouterr().err

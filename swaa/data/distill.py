@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from swaa.data.chat import normalize_record, record_fields
 from swaa.data.sft import load_records
 from swaa.generation import generate_answers
 from swaa.files import truncate_torn_tail
-from swaa.models import load_model, load_tokenizer
+from swaa.models import check_device, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,12 @@ def read_done(out: Path, prompts: list[str]) -> set[int]:
     complete = truncate_torn_tail(out)
     done = set()
     for n, line in enumerate(complete.decode().splitlines(), 1):
-        record = json.loads(line)
-        i = record["index"]
+        try:
+            record = json.loads(line)
+            i = record["index"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{out} line {n}: not a record of this tool ({type(e).__name__}: {e}); use a new --out "
+                             "file") from e
         if not 0 <= i < len(prompts) or prompts[i] != record["prompt"]:
             raise ValueError(f"{out} line {n}: index {i} does not match the prompt file; use a new --out file")
         done.add(i)
@@ -92,16 +98,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            parser.error(f"{flag}={value}: expected an int >= 1")
     try:
         swaa = None if args.swaa_preset is None else resolve_swaa(args.swaa_preset, where="--swaa-preset")
-    except ValueError as e:
+        check_device(args.device, "--device")
+        if Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a folder; give a .jsonl file")
+        path = None if args.model == "default" else args.model
+        prompts = read_prompts(args.prompts)
+        model, tokenizer = load_model(path, device=args.device), load_tokenizer(path)
+        if swaa is not None:
+            apply_swaa(model, swaa)
+        written = distill(model, tokenizer, prompts, args.out, args.batch_size, args.max_new_tokens)
+    except (OSError, ValueError) as e:
         parser.error(str(e))
-    path = None if args.model == "default" else args.model
-    prompts = read_prompts(args.prompts)
-    model, tokenizer = load_model(path, device=args.device), load_tokenizer(path)
-    if swaa is not None:
-        apply_swaa(model, swaa)
-    written = distill(model, tokenizer, prompts, args.out, args.batch_size, args.max_new_tokens)
+    except KeyboardInterrupt:
+        print(f"swaa.data.distill: interrupted; the answers so far are in {args.out}; run the same command again to "
+              "resume", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     print(f"wrote {written} records to {args.out}")
 
 

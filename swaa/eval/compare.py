@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("a", help="results folder of evaluate.py")
     parser.add_argument("b", help="results folder of evaluate.py with (some of) the same cells")
     args = parser.parse_args(argv)
-    print(markdown(compare(args.a, args.b)))
+    try:
+        rows = compare(args.a, args.b)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
