@@ -21,6 +21,7 @@ from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_gri
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
+from swaa.files import check_output_path
 from swaa.generation import DECODE_MODES
 
 # the embedded model's FA teacher (RESULTS.md): without it SmolLM2 fails most long-context tasks even with FA
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_output_path(args.out, "--out", folder=True)
         configs, grid = select_grid(args.swaa, args.presets, args.configs)
         if args.data:  # the file brings the samples: all its rows unless --n
             grid = {**{k: v for k, v in grid.items() if k not in ("tasks", "lengths")}, "n": None}

@@ -18,6 +18,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from swaa.checkpoints import FINGERPRINT_KEY, load_adapter, read_checkpoint
+from swaa.files import check_output_path
 from swaa.models import load_model, load_tokenizer
 from swaa.tiny import is_tiny_spec
 
@@ -62,6 +63,7 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
            overwrite: bool = False) -> Path:
     """Write the trained model (merge) or adapter of `ckpt` to `out`; `model` overrides the base model path."""
     out = Path(out)
+    check_output_path(out, "--out", folder=True)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     checkpoint = read_checkpoint(ckpt)

@@ -34,6 +34,20 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
         raise
 
 
+def check_output_path(path: str | Path | None, flag: str, folder: bool = False) -> None:
+    """Before any work: an output `path` (a folder if `folder`, else a file) must not be the other kind, nor lie under
+    a file; the error names `flag`. None (no output asked for) passes."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{flag} {path}: is a {'file' if folder else 'folder'}; expected a "
+                         f"{'folder' if folder else 'file'} path")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
+
+
 def remove_temporaries(folder: str | Path) -> None:
     """Remove the temporary files that writes to `folder` cut short by a kill left behind (none may be in progress)."""
     stale = sorted(Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))

@@ -35,7 +35,7 @@ from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.results import path_identity
-from swaa.files import write_atomic
+from swaa.files import check_output_path, write_atomic
 from swaa.integration import answer_start, apply_swaa, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns
 from swaa.models import base_model, check_device, load_config, load_model, load_tokenizer
@@ -469,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     criteria = CRITERIA if args.criterion == "both" else (args.criterion,)
     measured: SavedPasses | None = None
     try:
+        check_output_path(args.out, "--out")
         config = load_config(args.model)
         budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
         SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)

@@ -22,6 +22,7 @@ from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS, fa4_unavail
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
 from swaa.bench.common import int_at_least, relative_error, run_metadata, write_results
+from swaa.files import check_output_path
 from swaa.masks import dense_mask
 from swaa.timing import min_median, warm_then_time
 
@@ -222,7 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The job needs a CUDA GPU (its options are checked by argparse)."""
+    """The job needs a CUDA GPU (its options are checked by argparse) and a file path for --out."""
+    check_output_path(args.out, "--out")
     if not torch.cuda.is_available():
         raise ValueError("the kernels job needs a CUDA GPU; torch.cuda.is_available() is False here")
 

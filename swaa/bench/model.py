@@ -23,7 +23,7 @@ from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_dev
                                int_list, model_config, random_model, relative_error, run_metadata, shape_fields,
                                write_results)
 from swaa.config import SWAAConfig, check_depth, presets_with, resolve_swaa
-from swaa.files import write_atomic
+from swaa.files import check_output_path, write_atomic
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa, remove_swaa, resolve_backend
 from swaa.models import check_device, forward_with_cache
@@ -486,6 +486,8 @@ def check_args(args: argparse.Namespace) -> None:
     """The model and profile jobs' input errors that argparse cannot see (device, configs, their layers against the
     model's depth), before any work: a ValueError naming the option."""
     check_device(args.device, "--device")
+    check_output_path(args.out, "--out")
+    check_output_path(getattr(args, "markdown", None), "--markdown")
     check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
                 model_config(args.shape).num_hidden_layers)
 

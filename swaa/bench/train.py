@@ -23,6 +23,7 @@ from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa
 from swaa.lora import LoRASettings, add_lora
 from swaa.loss import answer_logits, answer_loss, supervised_columns
+from swaa.files import check_output_path
 from swaa.models import check_device
 from swaa.timing import min_median, warm_then_time
 
@@ -170,6 +171,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Input errors that argparse cannot see (device, configs against the depth, backends), before any work: a
     ValueError naming the option."""
     check_device(args.device, "--device")
+    check_output_path(args.out, "--out")
     depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
     check_config_depth(configs, args.layers or depth)
