@@ -90,6 +90,13 @@ def test_bad_rows(tmp_path, row, match):
         load_eval_file(write(tmp_path / "rows.jsonl", [row]))
 
 
+def test_a_file_without_rows_is_named(tmp_path):
+    path = tmp_path / "zero.parquet"
+    pd.DataFrame({"prompt": pd.Series([], dtype=str), "answer": pd.Series([], dtype=str)}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"eval file .*zero.parquet: no rows"):
+        load_eval_file(path)
+
+
 def test_unreadable_and_unsupported_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.jsonl"):
         load_eval_file(tmp_path / "absent.jsonl")

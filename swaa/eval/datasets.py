@@ -97,6 +97,8 @@ def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
         missing.append("'answer' (or 'answers')")
     if missing:
         raise ValueError(f"eval file {path}: missing field(s) {', '.join(missing)}; the file has fields {fields}")
+    if frame.empty:
+        raise ValueError(f"eval file {path}: no rows")
     records = frame.iloc[:limit].to_dict("records")
     samples = [_sample(record, row, path) for row, record in enumerate(records)]
     log.info("loaded %d samples from %s", len(samples), path)
