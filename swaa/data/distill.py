@@ -23,7 +23,7 @@ from swaa.config import resolve_swaa
 from swaa.data.chat import normalize_record, record_fields
 from swaa.data.sft import load_records
 from swaa.generation import generate_answers
-from swaa.files import truncate_torn_tail
+from swaa.files import check_output_path, truncate_torn_tail
 from swaa.models import check_device, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         swaa = None if args.swaa_preset is None else resolve_swaa(args.swaa_preset, where="--swaa-preset")
         check_device(args.device, "--device")
-        if Path(args.out).is_dir():
-            raise ValueError(f"--out {args.out} is a folder; give a .jsonl file")
+        check_output_path(args.out, "--out")
         path = None if args.model == "default" else args.model
         prompts = read_prompts(args.prompts)
         model, tokenizer = load_model(path, device=args.device), load_tokenizer(path)
