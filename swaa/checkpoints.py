@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -145,11 +146,10 @@ def _adapter_files(folder: Path) -> tuple[Path, Path]:
     return config_file, weights_file
 
 
-def _check_adapter_keys(model: PeftModel, weights_file: Path, folder: Path) -> None:
+def _check_adapter_keys(model: PeftModel, saved: set[str], folder: Path) -> None:
     """The folder's tensors must be exactly the model's LoRA tensors (an adapter of another depth loads partially)."""
     # save_embedding_layers=False: peft's default would ask the Hub about the base model's config (no network here)
-    check_keys(set(load_safetensors(weights_file)), set(get_peft_model_state_dict(model, save_embedding_layers=False)),
-               folder)
+    check_keys(saved, set(get_peft_model_state_dict(model, save_embedding_layers=False)), folder)
 
 
 def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora: LoRASettings | None) -> None:
@@ -163,8 +163,8 @@ def _load_adapter_folder(model: PreTrainedModel | PeftModel, folder: Path, lora:
                   for name, (key, value) in fields.items() if saved.get(key) != value]
         if differ:
             raise CheckpointError(f"adapter {folder} was trained with other LoRA settings: {'; '.join(differ)}")
-    _check_adapter_keys(model, weights_file, folder)
     state = load_safetensors(weights_file)
+    _check_adapter_keys(model, set(state), folder)
     set_peft_model_state_dict(model, state)
     log.info("loaded %d trained tensors from %s", len(state), folder)
 
@@ -191,7 +191,8 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
             model = PeftModel.from_pretrained(model, str(path))
         except RuntimeError as e:  # torch's "size mismatch" for an adapter of another width
             raise CheckpointError(f"adapter {path} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
-        _check_adapter_keys(model, weights_file, path)
+        with safe_open(weights_file, framework="pt") as f:  # the names alone: peft has loaded the tensors
+            _check_adapter_keys(model, set(f.keys()), path)
         return model
     checkpoint = read_checkpoint(path)
     lora = LoRASettings(**checkpoint[FINGERPRINT_KEY]["lora"])

@@ -19,11 +19,11 @@ from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, i
 from swaa.bench.model import BenchConfig, check_config_depth, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
+from swaa.files import check_output_path
 from swaa.fusion import FUSIONS, fuse
 from swaa.integration import apply_swaa
 from swaa.lora import LoRASettings, add_lora
 from swaa.loss import answer_logits, answer_loss, supervised_columns
-from swaa.files import check_output_path
 from swaa.models import check_device
 from swaa.timing import min_median, warm_then_time
 

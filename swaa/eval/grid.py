@@ -91,9 +91,9 @@ def _positive_int(name: str, value: Any) -> None:
 @dataclasses.dataclass
 class GridSettings:
     """How to run a grid: synthetic `tasks` x `lengths` (n samples each) or the first n samples of `data_file` (all
-    for n None),
-    greedy answers of up to `max_new_tokens`, scored by each sample's scorer or `scorer` (with `judge_model` for
-    'judge'); `speed` also times prefill and decode; SWA layers run on `backend`; results go to `out_dir`."""
+    for n None), greedy answers of up to `max_new_tokens`, scored by each sample's scorer or `scorer` (with
+    `judge_model` for 'judge'); `speed` also times prefill and decode; SWA layers run on `backend`; results go to
+    `out_dir`."""
 
     tasks: list[str] | None = None
     lengths: list[int] | None = None
