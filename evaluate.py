@@ -17,6 +17,7 @@ import torch
 
 from swaa.attention import BACKENDS
 from swaa.cli import int_values, split_values
+from swaa.config import presets_with
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.adapter == "none":
         args.adapter = None
     args.lengths = int_values(p, "--lengths", args.lengths)
+    try:
+        presets_with(args.presets)  # read (and checked) even when no name of it is used
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -85,8 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: error: {e}")
     except KeyboardInterrupt:
-        print(f"evaluate.py: interrupted; finished cells are saved in {Path(args.out) / RESULTS_FILE}; run the same "
-              "command again to resume", file=sys.stderr)
+        results = Path(args.out) / RESULTS_FILE  # written from the first finished cell on
+        if results.is_file() and results.stat().st_size:
+            saved = f"finished cells are saved in {results}; run the same command again to resume"
+        else:
+            saved = f"no cell had finished; nothing was saved in {results}"
+        print(f"evaluate.py: interrupted; {saved}", file=sys.stderr)
         sys.exit(130)
     print(markdown_table(summary_table(records)))
     print(f"results: {args.out}/results.jsonl (per-sample outputs in {args.out}/samples/)")

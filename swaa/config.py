@@ -171,8 +171,11 @@ def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
     return presets
 
 
-def presets_with(path: str | Path | None) -> dict[str, SWAAConfig]:
-    """The bundled presets plus those of the YAML file `path` (its names win); the bundled ones alone for None."""
+def presets_with(path: str | Path | None, where: str = "--presets") -> dict[str, SWAAConfig]:
+    """The bundled presets plus those of the YAML file `path` (its names win); the bundled ones alone for None.
+    A `path` that is not a file is a ValueError naming `where` and the path."""
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"{where} {path}: no such file")
     return {**load_presets(), **(load_presets(path) if path is not None else {})}
 
 

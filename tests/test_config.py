@@ -1,7 +1,7 @@
 import pytest
 
 from swaa import SWAAConfig, load_presets
-from swaa.config import resolve_swaa
+from swaa.config import presets_with, resolve_swaa
 
 
 def test_layer_kinds_and_patterns():
@@ -71,6 +71,11 @@ def test_shipped_presets_parse(tmp_path):
         load_presets(bad)
     with pytest.raises(ValueError, match="cannot read"):
         load_presets(tmp_path / "missing.yaml")
+
+
+def test_presets_with_a_missing_file_names_the_flag_and_path(tmp_path):
+    with pytest.raises(ValueError, match=r"^--presets .*missing.yaml: no such file$"):
+        presets_with(tmp_path / "missing.yaml")
 
 
 def test_resolve_swaa_presets_json_and_errors():

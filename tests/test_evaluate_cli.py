@@ -39,6 +39,15 @@ def test_bad_input_exits_before_loading(no_loading, argv, message):
     assert str(exc.value.code).startswith("evaluate.py: error:")
 
 
+def test_missing_presets_file_exits_2_before_loading(no_loading, tmp_path, capsys):
+    """--presets naming no file is an input error even when no preset name is used (here: inline JSON only)."""
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--presets", str(missing), "--swaa", '{"window": 64}', "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --presets {missing}: no such file")
+
+
 def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"prompt": "q?"}\n')
@@ -126,6 +135,19 @@ def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, 
     evaluate.main(argv)
     assert len(generate.calls) == 3  # the resumed run generated only the interrupted cell
     assert "| fa |" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_any_cell_finished_says_nothing_was_saved(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
+    """Ctrl-C while the model loads: exit 130, and the line does not claim saved cells."""
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "_load_model", interrupted_at_call(runner._load_model, 1))
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa", "--tasks", "passkey", "--lengths", "256",
+                       "--n", "1", "--out", str(tmp_path)])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"evaluate.py: interrupted; no cell had finished; nothing was saved in {tmp_path / 'results.jsonl'}")
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 def test_default_adapter_is_the_teacher_for_the_embedded_model():

@@ -120,7 +120,8 @@ def _split_top_level(text: str) -> list[str]:
 def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = None) -> list[BenchConfig]:
     """`name,name=json,...`: built-in names, preset names (bundled, or of `presets_path` too), or JSON of SWAAConfig
     fields plus optional `hf_window` / `attn_implementation`."""
-    builtins, presets, configs = builtin_configs(window, sink), None, []
+    builtins, configs = builtin_configs(window, sink), []
+    presets = presets_with(presets_path)  # read (and checked) even when no name of it is used
     for item in _split_top_level(spec):
         name, sep, body = item.partition("=")
         name = name.strip()
@@ -135,13 +136,11 @@ def parse_configs(spec: str, window: int, sink: int, presets_path: str | None = 
             configs.append(BenchConfig(name, resolve_swaa(fields, where=f"--configs {name}"), **extra))
         elif name in builtins:
             configs.append(builtins[name])
-        else:
-            presets = presets_with(presets_path) if presets is None else presets
-            if name not in presets:
-                raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets"
-                                 f"{' in ' + presets_path if presets_path else ''}: {sorted(presets)}, or give "
-                                 "name=JSON")
+        elif name in presets:
             configs.append(BenchConfig(name, presets[name]))
+        else:
+            raise ValueError(f"--configs: unknown config {name!r}; built-in: {sorted(builtins)}, presets"
+                             f"{' in ' + presets_path if presets_path else ''}: {sorted(presets)}, or give name=JSON")
     if not configs:
         raise ValueError(f"--configs {spec!r}: no config given; name at least one (built-in: {sorted(builtins)})")
     names = [c.name for c in configs]
