@@ -1,13 +1,16 @@
 """swaa.eval.frontier: accuracy (% of FA) matched to the speed of the same fraction of full layers and FA decode."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from swaa import SWAAConfig
 from swaa.eval.frontier import frontier_table, full_fraction, headline, main, markdown, plot_frontier
-from swaa.eval.results import ResultStore, load_records, make_key, of_tasks
+from swaa.eval.results import ResultStore, load_records, make_key, of_tasks, path_identity
+from swaa.models import DEFAULT_GGUF
+from swaa.tiny import tiny_config
 
 # evaluated on a 8-layer model: accuracy per config (every cell)
 EVALUATED = {"fa": (SWAAConfig(), 0.8), "all_swa": (SWAAConfig(window=16), 0.2),
@@ -19,11 +22,11 @@ TIMED = {"fa": (None, False, 1.0), "swa_all": ([], False, 2.2), "swa_quarter_fad
          "swa_half_fad": ("odd", True, 1.4), "swa_half": ("odd", False, 1.41)}
 
 
-def records(tmp_path, adapter=None):
+def records(tmp_path, adapter=None, model="/m/model.gguf", model_id="id"):
     store = ResultStore(tmp_path / "results")
     for name, (config, accuracy) in EVALUATED.items():
         for task in ("passkey", "niah_single"):
-            key = make_key(model="/m/model.gguf", model_id="id", adapter=adapter, adapter_id=adapter and "a",
+            key = make_key(model=model, model_id=model_id, adapter=adapter, adapter_id=adapter and "a",
                            swaa_tag=config.tag, swaa=config.to_dict(), task=task, length=1024, n=10, seed=0,
                            max_new_tokens=8, prompt_template="t", scorer="contains", data_id=None)
             store.add(key, [1.0] * int(10 * accuracy) + [0.0] * (10 - int(10 * accuracy)), [{}] * 10, 1.0,
@@ -41,6 +44,14 @@ def bench_json():
             rows.append({"config": name, "length": length, "status": "ok", "prefill_speedup": speedup * factor,
                          "decode_speedup": 1.0, "static_decode_speedup": 1.1})
     return {"meta": {"model": {"num_hidden_layers": 36}, "configs": configs}, "rows": rows}
+
+
+def cli_error(capsys, argv):
+    """The last line main(argv) writes to stderr as it exits with status 2 (an input error)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
 
 
 def test_full_fraction():
@@ -98,12 +109,12 @@ def test_cli_writes_table_plot_and_headline(tmp_path, capsys):
     main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8", "--tasks", "passkey",
           "--out", str(tmp_path / "passkey")])
     assert (tmp_path / "passkey" / "frontier.csv").is_file()
-    with pytest.raises(SystemExit, match=r"--tasks: \['bogus'\] not in the records"):
-        main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--tasks", "bogus", "--out",
-              str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="no timed rows at length 1000"):
-        main([str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--length", "1000", "--out",
-              str(tmp_path / "x")])
+    assert re.search(r"--tasks: \['bogus'\] not in the records", cli_error(
+        capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--tasks", "bogus", "--out",
+                 str(tmp_path / "x")]))
+    assert "no timed rows at length 1000" in cli_error(
+        capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--length", "1000", "--out",
+                 str(tmp_path / "x")])
 
 
 def test_cli_rejects_a_bad_depth_threshold_or_speed_file(tmp_path, capsys):
@@ -114,19 +125,51 @@ def test_cli_rejects_a_bad_depth_threshold_or_speed_file(tmp_path, capsys):
     for bad, message in ((["--depth", "0"], "--depth: expected the evaluated model's number of layers, an int >= 1"),
                          (["--threshold", "nan"], "--threshold: expected a finite % of FA > 0; got nan"),
                          (["--threshold", "-5"], "--threshold: expected a finite % of FA > 0; got -5.0")):
-        with pytest.raises(SystemExit) as e:
-            main(args + bad)
-        assert e.value.code == 2 and message in capsys.readouterr().err
-    with pytest.raises(SystemExit, match=r"--depth=4 is not the evaluated model's number of layers: config "
-                                         r"quarter_fad: .*\[5\] out of range.*largest listed layer index in the "
-                                         r"records: 5\)"):
-        main(args + ["--depth", "4"])  # quarter_fad lists layers 2 and 5
+        assert message in cli_error(capsys, args + bad)
+    assert re.search(r"--depth=4 is not the evaluated model's number of layers: config quarter_fad: .*\[5\] out of "
+                     r"range.*largest listed layer index in the records: 5\)",
+                     cli_error(capsys, args + ["--depth", "4"]))  # quarter_fad lists layers 2 and 5
     patterns_only = [r for r in load_records(tmp_path / "results") if r["config_name"] != "quarter_fad"]
     with pytest.raises(ValueError, match="--depth=1 .* config half_fad: .*'odd': starts at layer 1, beyond a model"):
         frontier_table(patterns_only, bench_json(), 65536, depth=1)  # 'odd' needs 2 layers
-    with pytest.raises(SystemExit, match=r"--speed .*kernels.json: expected the JSON of `python -m swaa.bench model`"
-                                         r".*KeyError: 'model'"):
-        main([str(tmp_path / "results"), "--speed", str(tmp_path / "kernels.json"), "--out", str(tmp_path / "x")])
+    assert re.search(r"--speed .*kernels.json: expected the JSON of `python -m swaa.bench model`.*KeyError: 'model'",
+                     cli_error(capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "kernels.json"),
+                                        "--out", str(tmp_path / "x")]))
+
+
+def test_depth_other_than_the_records_model_depth_is_an_error_where_that_depth_is_known(tmp_path, capsys, caplog):
+    """A tiny spec, the very model folder the records were made with, or the embedded SmolLM2 (by file name) give the
+    depth; a model not here leaves only the configs' layer indices to check --depth against."""
+    folder = tmp_path / "hf"
+    tiny_config("tiny:llama:8:100").save_pretrained(folder)
+    (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
+    for name, model, model_id, depth in (("tiny", "tiny:llama:8:100", "tiny:llama:8:100", 8),
+                                         ("folder", str(folder), path_identity(folder), 8),
+                                         ("smollm2", f"/elsewhere/{DEFAULT_GGUF}", "id", 30)):
+        records(tmp_path / name, model=model, model_id=model_id)
+        args = [str(tmp_path / name / "results"), "--speed", str(tmp_path / "speed.json"), "--out",
+                str(tmp_path / name / "out")]
+        for bad, word in ((40, "larger"), (depth - 2, "smaller")):  # depth - 2 still fits quarter_fad's layer 5
+            assert cli_error(capsys, args + ["--depth", str(bad)]) == (
+                f"swaa.eval.frontier: error: --depth {bad}: {word} than the records' model depth {depth} (model "
+                f"{model}); the full fractions need --depth {depth}")
+        main(args + ["--depth", str(depth)])
+        assert (tmp_path / name / "out" / "frontier.csv").is_file()
+    records(tmp_path / "changed", model=str(folder), model_id="another file")  # not the folder they were made with
+    main([str(tmp_path / "changed" / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "40", "--out",
+          str(tmp_path / "changed" / "out")])
+    assert f"model {folder}: its number of layers is not known here; --depth 40 is taken as it" in caplog.text
+
+
+def test_a_speed_row_of_an_unknown_config_is_an_error_naming_it_the_file_and_the_known_configs(tmp_path, capsys):
+    records(tmp_path)
+    bench = bench_json()
+    bench["rows"].append({**bench["rows"][0], "config": "swa_renamed"})  # timed at 65536: speed_rows reads it
+    (tmp_path / "speed.json").write_text(json.dumps(bench))
+    assert cli_error(capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8",
+                              "--out", str(tmp_path / "out")]) == (
+        f"swaa.eval.frontier: error: --speed {tmp_path / 'speed.json'}: rows name config(s) ['swa_renamed'] that "
+        f"meta.configs does not list; known configs: {list(TIMED)}")
 
 
 def test_a_run_without_an_fa_row_is_an_error_that_says_how_to_get_one(tmp_path):

@@ -10,11 +10,11 @@ prefill speedup among configurations that keep at least a threshold of FA's accu
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ from matplotlib.figure import Figure
 from swaa.cli import split_values
 from swaa.config import SWAAConfig, check_depth
 from swaa.eval.report import FA_TAG, config_label, summary_table
-from swaa.eval.results import load_records, of_tasks
+from swaa.eval.results import load_records, of_tasks, path_identity
 from swaa.files import write_atomic
+from swaa.models import DEFAULT_GGUF, load_config
+from swaa.tiny import is_tiny_spec
 
 log = logging.getLogger(__name__)
 FRACTION_TOLERANCE = 0.05  # an evaluated and a timed configuration match when their full fractions differ by less
@@ -36,8 +38,34 @@ def full_fraction(config: SWAAConfig, depth: int) -> float:
     return 1.0 if not config.enabled else len(config.full_layer_indices(depth)) / depth
 
 
-def check_records_depth(configs: dict[str, SWAAConfig], depth: int) -> None:
-    """check_depth of the records' configs: an error says that --depth is not the evaluated model's depth."""
+@functools.cache
+def config_depth(model: str | None) -> int | None:
+    """num_hidden_layers of load_config(model), read once per model; None (with a warning) when it cannot be read."""
+    try:
+        return load_config(model).num_hidden_layers
+    except (OSError, ValueError) as e:
+        log.warning("cannot read the number of layers of model %s: %s", model or DEFAULT_GGUF, e)
+        return None
+
+
+def model_depth(model: str, model_id: str | None) -> int | None:
+    """Layers of a records' model where this machine can tell: a tiny spec, the very file or folder the records were
+    made with (same path_identity), or the embedded SmolLM2 by its file name; else None."""
+    if is_tiny_spec(model) or Path(model).exists() and path_identity(model) == model_id:
+        return config_depth(model)
+    return config_depth(None) if Path(model).name == DEFAULT_GGUF else None
+
+
+def check_records_depth(records: list[dict[str, Any]], configs: dict[str, SWAAConfig], depth: int) -> None:
+    """--depth is the depth of each records' model that model_depth knows, and check_depth of the records' configs
+    passes (the only check for an unknown model); else a ValueError naming --depth."""
+    for model, model_id in dict.fromkeys((r["key"]["model"], r["key"]["model_id"]) for r in records):
+        known = model_depth(model, model_id)
+        if known is None:
+            log.warning("model %s: its number of layers is not known here; --depth %d is taken as it", model, depth)
+        elif known != depth:
+            raise ValueError(f"--depth {depth}: {'larger' if depth > known else 'smaller'} than the records' model "
+                             f"depth {known} (model {model}); the full fractions need --depth {known}")
     try:
         check_depth(configs, depth)
     except ValueError as e:
@@ -52,20 +80,26 @@ def load_speed(path: str | Path) -> dict[str, Any]:
     try:
         bench = json.loads(Path(path).read_text())
         bench["meta"]["model"]["num_hidden_layers"], bench["meta"]["configs"], bench["rows"]  # what speed_rows reads
+        known = [c["name"] for c in bench["meta"]["configs"]]
+        unknown = sorted({r["config"] for r in bench["rows"]} - set(known))
     except (OSError, ValueError, LookupError, TypeError) as e:
         raise ValueError(f"--speed {path}: expected the JSON of `python -m swaa.bench model` (meta.model."
                          f"num_hidden_layers, meta.configs, rows); {type(e).__name__}: {e}") from e
+    if unknown:
+        raise ValueError(f"--speed {path}: rows name config(s) {unknown} that meta.configs does not list; known "
+                         f"configs: {known}")
     return bench
 
 
 def speed_rows(bench: dict[str, Any], length: int) -> list[dict[str, Any]]:
     """(full fraction, FA decode, prefill / decode speedup) of every timed SWAA row of a model benchmark at `length`."""
     depth = bench["meta"]["model"]["num_hidden_layers"]
+    configs = {c["name"]: c for c in bench["meta"]["configs"]}  # load_speed checks that every row's config is here
     rows = []
     for r in bench["rows"]:
         if r["length"] != length or r.get("status") != "ok" or r.get("prefill_speedup") is None:
             continue
-        config = next(c for c in bench["meta"]["configs"] if c["name"] == r["config"])
+        config = configs[r["config"]]
         if config["hf_window"] is not None:
             continue
         swaa = SWAAConfig.from_dict(config["swaa"])
@@ -87,7 +121,7 @@ def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length:
         raise ValueError(f"run(s) {no_fa} have no full-attention row (config tag {FA_TAG!r}) to give '% of FA': "
                          f"evaluate them with config `fa` too, or pass --fa-run naming a run that has one")
     configs = {config_label(r): SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
-    check_records_depth(configs, depth)
+    check_records_depth(records, configs, depth)
     speeds = speed_rows(bench, length)
     out = []
     for _, row in table.iterrows():
@@ -190,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         table = frontier_table(records, bench, args.length, args.depth, args.fa_run)
         paths = write_frontier(table, args.threshold, args.length, args.out)
     except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"swaa.eval.frontier: error: {e}")
+        p.exit(2, f"swaa.eval.frontier: error: {e}\n")  # one line, exit 2 like the argument errors above
     print(markdown(table))
     print(headline_text(table, args.threshold))
     for name, path in paths.items():
