@@ -8,9 +8,9 @@ import pytest
 from matplotlib.container import BarContainer
 
 from swaa import SWAAConfig
-from swaa.eval.report import (config_colors, main, markdown_table, plot_accuracy, records_frame, summary_table,
-                               write_report)
-from swaa.eval.results import ResultStore, load_records, make_key, of_configs, of_tasks
+from swaa.eval.report import (config_colors, main, markdown_table, of_configs_with_fa, plot_accuracy, records_frame,
+                               summary_table, write_report)
+from swaa.eval.results import ResultStore, load_records, make_key, of_tasks
 
 CONFIGS = {"fa": SWAAConfig(), "naive": SWAAConfig(window=256), "sink": SWAAConfig(window=256, sink=4)}
 SCORES = {"fa": [1, 1, 1, 0], "naive": [0, 0, 1, 0], "sink": [1, 1, 0, 0]}
@@ -205,6 +205,25 @@ def test_fa_run_sets_the_reference_of_every_row(tmp_path):
         on_disk.set_index(["run", "config"]).loc[("SmolLM2.gguf + student", "sink"), "% of FA"])
 
 
+def test_configs_keep_fa_rows_only_of_runs_with_another_listed_configuration(tmp_path):
+    """--configs fa,sink: the FA rows of the runs that have a sink row; fa alone: every FA row; --fa-run's FA row
+    stays whatever is listed."""
+    teacher = _records(tmp_path / "teacher", speed=False, adapter="data/adapters/teacher")
+    student = [r for r in _records(tmp_path / "student", speed=False, adapter="data/adapters/student")
+               if r["config_name"] != "sink"]
+    records = teacher + student
+
+    def rows(configs, fa_run=None):
+        return sorted({(Path(r["key"]["adapter"]).name, r["config_name"])
+                       for r in of_configs_with_fa(records, configs, fa_run)})
+    assert rows(["fa", "sink"]) == [("teacher", "fa"), ("teacher", "sink")]
+    assert rows(["fa", "naive"]) == [("student", "fa"), ("student", "naive"), ("teacher", "fa"), ("teacher", "naive")]
+    assert rows(["fa"]) == [("student", "fa"), ("teacher", "fa")]
+    assert rows(["naive"], "teacher") == [("student", "naive"), ("teacher", "fa"), ("teacher", "naive")]
+    assert rows(["fa", "sink"], "student") == [("student", "fa"), ("teacher", "fa"), ("teacher", "sink")]
+    assert of_configs_with_fa(records, None) == records
+
+
 def test_results_md_tables_are_what_the_report_prints_from_the_records():
     """RESULTS.md shows each table exactly as `python -m swaa.eval.report` prints it from the committed records."""
     root = Path(__file__).resolve().parent.parent
@@ -229,20 +248,17 @@ def test_results_md_tables_are_what_the_report_prints_from_the_records():
         assert markdown_table(summary_table(records)) in text
     selection_ft = load_records([root / "records" / "smollm2_selection", root / "records" /
                                  "smollm2_selection_swaa_ft"])
-    after_ft = of_configs(selection_ft, ["fa", "w1024_sink_fad_half", "w1024_sink_fad_greedy_quarter",
-                                         "w1024_sink_fad_greedy_4of30"])
-    command = ("--fa-run teacher_fa_more \\\n    --configs fa w1024_sink_fad_half w1024_sink_fad_greedy_quarter "
-               "w1024_sink_fad_greedy_4of30 --out")
-    assert command in text
-    for records in (after_ft, of_tasks(after_ft, ["niah_multikey", "niah_multivalue"])):
-        assert markdown_table(summary_table(records, "teacher_fa_more")) in text
-    teacher_fa = [r for r in of_configs(selection_ft, ["fa"]) if r["key"]["adapter"].endswith("/teacher_fa_more")]
-    w512_nofad = teacher_fa + of_configs(selection_ft, ["w512_sink_fad_half", "w512_sink_fad_greedy512_quarter",
-                                                        "w1024_sink_half", "w1024_sink_greedynofad_quarter"])
-    assert ("--configs w512_sink_fad_half w512_sink_fad_greedy512_quarter w1024_sink_half "
-            "w1024_sink_greedynofad_quarter \\\n    --out /tmp/selection_ft_w512_nofad") in text
-    for records in (w512_nofad, of_tasks(w512_nofad, ["niah_multikey", "niah_multivalue"])):
-        assert markdown_table(summary_table(records, "teacher_fa_more")) in text
+    after_ft = ["fa", "w1024_sink_fad_half", "w1024_sink_fad_quarter", "w1024_sink_fad_greedy_quarter",
+                "w1024_sink_fad_greedy_4of30"]
+    w512_nofad = ["fa", "w512_sink_fad_half", "w512_sink_fad_greedy512_quarter", "w1024_sink_half",
+                  "w1024_sink_greedynofad_quarter"]
+    assert (f"--fa-run teacher_fa_more \\\n    --configs {' '.join(after_ft)} \\\n    --out /tmp/selection_ft\n"
+            in text)
+    assert f"--configs {' '.join(w512_nofad)} \\\n    --out /tmp/selection_ft_w512_nofad\n" in text
+    for configs in (after_ft, w512_nofad):
+        chosen = of_configs_with_fa(selection_ft, configs, "teacher_fa_more")
+        for records in (chosen, of_tasks(chosen, ["niah_multikey", "niah_multivalue"])):
+            assert markdown_table(summary_table(records, "teacher_fa_more")) in text
     table = summary_table(load_records([teacher, swaa_ft]), "teacher_fa_more").set_index(["run", "config"])
     headline = table.loc[("SmolLM2-135M-Instruct.Q4_1.gguf + swaa_ft_fad_half_w1024", "w1024_sink_fad_half")]
     assert f"{headline['% of FA']:.1f}% ± {headline['% of FA se']:.1f}" == "95.2% ± 1.3" and "95.2% ± 1.3" in text

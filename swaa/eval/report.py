@@ -78,6 +78,24 @@ def _fa_reference_run(df: pd.DataFrame, fa_run: str) -> str:
     return runs[0]
 
 
+def of_configs_with_fa(records: list[dict[str, Any]], configs: list[str] | None,
+                       fa_run: str | None = None) -> list[dict[str, Any]]:
+    """The rows `--configs` keeps: those configurations; FA rows only of runs that have another listed one (of every
+    run when FA is the only one listed); and the FA row of `fa_run`, listed or not."""
+    chosen = of_configs(records, configs)
+    if configs is None:
+        return chosen
+    kept = {id(r) for r in chosen}
+    others = {_run_label(r["key"]) for r in chosen if r["key"]["swaa_tag"] != FA_TAG}
+
+    def keep(r: dict[str, Any]) -> bool:
+        run, is_fa = _run_label(r["key"]), r["key"]["swaa_tag"] == FA_TAG
+        if is_fa and fa_run is not None and _names(fa_run, run):
+            return True
+        return id(r) in kept and (not is_fa or not others or run in others)
+    return [r for r in records if keep(r)]
+
+
 def summary_table(records: list[dict[str, Any]], fa_run: str | None = None) -> pd.DataFrame:
     """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA' (and its se), n, prefill ms
     per length.
@@ -226,18 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", help="only the cells of these tasks, space or comma separated "
                                                    "(default: every task)")
     parser.add_argument("--configs", nargs="+", help="only the rows of these configuration names, space or comma "
-                                                     "separated (default: every configuration); with --fa-run its FA "
-                                                     "row stays")
+                                                     "separated (default: every configuration); fa among others keeps "
+                                                     "the FA rows of runs with another listed one; --fa-run's FA row "
+                                                     "always stays")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        records = of_tasks(load_records(args.results), split_values(args.tasks))
-        chosen = of_configs(records, split_values(args.configs))
-        if args.fa_run is not None and args.configs is not None:  # the reference row stays, listed in --configs or not
-            kept = {id(r) for r in chosen}
-            chosen = [r for r in records if id(r) in kept or (r["key"]["swaa_tag"] == FA_TAG and
-                                                              _names(args.fa_run, _run_label(r["key"])))]
-        paths = write_report(chosen, args.out, args.fa_run)
+        records = of_configs_with_fa(of_tasks(load_records(args.results), split_values(args.tasks)),
+                                     split_values(args.configs), args.fa_run)
+        paths = write_report(records, args.out, args.fa_run)
     except (OSError, ValueError) as e:
         parser.error(str(e))
     print(paths["markdown"].read_text(), end="")
