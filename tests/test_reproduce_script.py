@@ -74,7 +74,8 @@ def test_every_stage_reads_what_exists_or_an_earlier_stage_wrote(stub_repo):
                                                    "swaa_ft_fad_greedy_quarter_w1024_kl",
                                                    "swaa_ft_fad_greedy_4of30_w1024_kl",
                                                    "swaa_ft_fad_greedy512_quarter_w512_kl",
-                                                   "swaa_ft_greedynofad_quarter_w1024_kl")} <= set(trained)
+                                                   "swaa_ft_greedynofad_quarter_w1024_kl",
+                                                   "swaa_ft_fad_quarter_w1024_kl")} <= set(trained)
     assert selected and "results/selection" in evaluated  # RESULTS.md section 5
     assert runs[-1][:2] == ["-m", "swaa.eval.report"]
 

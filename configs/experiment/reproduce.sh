@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The SmolLM2 results of RESULTS.md from a fresh clone on one GPU: the FA teacher (two stages), the five SWAA
-# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and five
-# SWAA-FTs under chosen layers (cross-entropy and KL to the teacher under 7 layers; KL under 4, under the 7 chosen at
-# W = 512 and under the 7 chosen without FA decode), and one table of them all (results/smollm2/table.md).
+# fine-tunings, their adapters, the evaluations, the full layers chosen by swaa.select, their evaluation and six
+# SWAA-FTs under chosen or periodic layers (cross-entropy and KL to the teacher under 7 layers; KL under 4, under the 7
+# chosen at W = 512, under the 7 chosen without FA decode and under the periodic quarter), and one table of them all
+# (results/smollm2/table.md).
 # Resumable: each finished stage leaves runs/.done/<stage>; a stopped training resumes from its last checkpoint (every
 # 50 steps), an evaluation from its result store.
 #   bash configs/experiment/reproduce.sh [SECONDS]     # stop starting new stages after SECONDS (default: no limit)
@@ -53,10 +54,13 @@ kl_run swaa_ft_fad_greedy512_quarter_w512_kl \
   '{window: 512, sink: 64, fa_decode: true, full_layers: [5, 7, 8, 14, 17, 18, 23]}'  # the 7 chosen at W = 512
 kl_run swaa_ft_greedynofad_quarter_w1024_kl \
   '{window: 1024, sink: 64, fa_decode: false, full_layers: [0, 6, 7, 14, 17, 18, 23]}'  # the 7 chosen without FA decode
+kl_run swaa_ft_fad_quarter_w1024_kl \
+  '{window: 1024, sink: 64, fa_decode: true, full_layers: "every:4:from:3"}'  # periodic, as many full layers as the 7
 # each run and the selection grid configuration it is evaluated under
 KL_RUNS="swaa_ft_fad_greedy_4of30_w1024_kl:w1024_sink_fad_greedy_4of30
          swaa_ft_fad_greedy512_quarter_w512_kl:w512_sink_fad_greedy512_quarter
-         swaa_ft_greedynofad_quarter_w1024_kl:w1024_sink_greedynofad_quarter"
+         swaa_ft_greedynofad_quarter_w1024_kl:w1024_sink_greedynofad_quarter
+         swaa_ft_fad_quarter_w1024_kl:w1024_sink_fad_quarter"
 KL_NAMES=$(for pair in $KL_RUNS; do echo "${pair%%:*}"; done)
 for run in teacher_fa teacher_fa_more $FT_NAMES $SEL_FT $SEL_FT_KL $KL_NAMES; do
   stage "export_$run" python -m swaa.export --ckpt "runs/$run/checkpoints/last.ckpt" --out "runs/adapters/$run" \
