@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
@@ -398,10 +399,29 @@ above full attention's."""
     return fig
 
 
+def output_pattern(out: Path) -> re.Pattern[str]:
+    """Names of the scores and plots that write_selections writes beside `out`: <stem>[.<k>of<depth>].scores.json
+    and .png (not the presets `out`, nor the passes file that later runs reuse)."""
+    return re.compile(rf"{re.escape(out.with_suffix('').name)}(\.[1-9]\d*of[1-9]\d*)?\.(scores\.json|png)")
+
+
+def remove_stale_outputs(out: Path, written: list[Path]) -> list[Path]:
+    """Remove the scores and plots of an earlier run into `out` (output_pattern) that this run did not write (e.g.
+    per-budget files after a single-budget run); returns them, each logged."""
+    pattern, keep = output_pattern(out), {path.name for path in written}
+    stale = sorted(path for path in out.parent.iterdir()
+                   if pattern.fullmatch(path.name) and path.name not in keep and path.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s: an earlier run's output into %s that this run does not write", path, out.name)
+    return stale
+
+
 def write_selections(selections: list[Selection], out: str | Path, name: str | None = None,
                      meta: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write (atomically) the presets YAML `out` with every selection's entries, and each selection's scores JSON and
-    plot PNG beside it (`out` with .scores.json / .png; with several budgets .<k>of<depth>.scores.json / .png)."""
+    plot PNG beside it (`out` with .scores.json / .png; with several budgets .<k>of<depth>.scores.json / .png); then
+    remove the scores and plots an earlier run with other budgets left there (remove_stale_outputs)."""
     out, several = Path(out), len(selections) > 1
     paths, entries = {"presets": out}, {}
     for selection in selections:
@@ -417,6 +437,7 @@ def write_selections(selections: list[Selection], out: str | Path, name: str | N
     header = (f"# SWAA presets chosen by swaa.select (answer NLL on calibration data); scores and plots beside this "
               f"file: {', '.join(p.name for k, p in paths.items() if k != 'presets')}\n")
     write_atomic(out, header + yaml.safe_dump(entries, sort_keys=False, default_flow_style=None))
+    remove_stale_outputs(out, list(paths.values()))
     return paths
 
 

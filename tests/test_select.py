@@ -1,6 +1,7 @@
 """swaa.select: budgets, answer NLL as in training, the choice on planted models, outputs and the CLI."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -183,6 +184,38 @@ def test_cli_several_budgets_share_their_passes(tmp_path, capsys):
     assert two["forwards"] == 1 + 1 + 4 + 3 + 1  # FA, all SWA, one-layer sets, step 2, the periodic pair
     assert one["forwards"] == 0 and one["seconds_per_forward"] is None  # its periodic layer [3] was measured too
     assert (tmp_path / "sel.1of4.png").is_file() and "10 passes over" in capsys.readouterr().out
+
+
+def test_cli_rerun_with_other_budgets_removes_only_the_earlier_runs_outputs(tmp_path, caplog, monkeypatch,
+                                                                           smollm2_tokenizer):
+    """A rerun into the same --out leaves exactly its own scores and plots (single-budget vs .<k>of<depth> files,
+    budgets no longer asked for: removed and logged); the passes file and files of other names stay."""
+    monkeypatch.setattr(select, "load_tokenizer", lambda path=None: smollm2_tokenizer)  # loaded once, not per run
+    caplog.set_level(logging.INFO, logger="swaa.select")
+    argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--tasks", "passkey", "--lengths", "160", "--n", "2",
+            "--criterion", "greedy", "--out", str(tmp_path / "sel.yaml")]
+    others = {"notes.txt", "other.scores.json", "other.2of4.png", "sel.backup.png", "sel.02of4.png", "selx.png",
+              "sel.2of4.scores.json.bak", "sel.yml"}
+    for name in others:
+        (tmp_path / name).write_text("not select's\n")
+    (tmp_path / "sel.5of8.png").mkdir()
+    single = {"sel.scores.json", "sel.png"}
+
+    def per_budget(*counts: int) -> set[str]:
+        return {f"sel.{k}of4.{ext}" for k in counts for ext in ("scores.json", "png")}
+
+    # written and removed: both ways between one budget and several, and a budget no longer asked for
+    for budgets, written, removed in [(["2"], single, set()), (["2", "1"], per_budget(1, 2), single),
+                                      (["2", "3"], per_budget(2, 3), per_budget(1)), (["3"], single, per_budget(2, 3))]:
+        caplog.clear()
+        main([*argv, "--budget", *budgets])
+        assert {p.name for p in tmp_path.iterdir()} == {"sel.yaml", "sel.passes.json", "sel.5of8.png", *others,
+                                                         *written}, budgets
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed ")]
+        assert sorted(logged) == sorted(f"removed {tmp_path / name}: an earlier run's output into sel.yaml that this "
+                                        "run does not write" for name in removed), budgets
+    assert json.loads((tmp_path / "sel.scores.json").read_text())["budget"] == 3
+    assert all((tmp_path / name).read_text() == "not select's\n" for name in others)
 
 
 @pytest.mark.parametrize("argv, message", [
