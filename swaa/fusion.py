@@ -17,13 +17,20 @@ log = logging.getLogger(__name__)
 FUSIONS = ("none", "liger", "compile")
 
 
+def fusion_unavailable(how: str) -> str | None:
+    """Why fusion `how` cannot be applied here (a missing package), or None when it can."""
+    if how == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        return "needs the liger-kernel package, which is not installed (pip install liger-kernel)"
+    return None
+
+
 def fuse(model: PreTrainedModel, how: str) -> PreTrainedModel:
     """Apply fusion `how` (one of FUSIONS) to `model` in place, before apply_swaa; returns the model."""
     if how not in FUSIONS:
         raise ValueError(f"fuse={how!r}: expected one of {', '.join(FUSIONS)}")
+    if (reason := fusion_unavailable(how)) is not None:
+        raise ValueError(f"fuse={how!r} {reason}")
     if how == "liger":
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise ValueError("fuse='liger' needs the liger-kernel package (pip install liger-kernel)")
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
         # the loss stays ours (swaa.loss computes logits only for supervised rows)

@@ -109,6 +109,50 @@ def test_input_errors_are_one_line_naming_the_option(argv, message, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
 
 
+def no_model_built(monkeypatch) -> None:
+    """Building a bench model fails the test (the checks must come before any work)."""
+    import swaa.bench.model as bench_model
+    import swaa.bench.train as bench_train
+
+    for module in (bench_model, bench_train):
+        monkeypatch.setattr(module, "random_model", lambda *a, **k: pytest.fail("a model was built"))
+
+
+CPU_BACKENDS = "available on cpu: ['auto', 'chunked', 'flex', 'reference']"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (MODEL + ["--backend", "fa4"], "--backend fa4: not available on cpu (backend 'fa4' needs a CUDA device"),
+    (PROFILE + ["--backend", "flash"], "--backend flash: not available on cpu (backend 'flash' needs a CUDA device"),
+    (TRAIN + ["--backends", "flex,cudnn", "--lengths", "32", "--steps", "1"],
+     "--backends cudnn: not available on cpu (backend 'cudnn' needs a CUDA device"),
+])
+def test_a_backend_this_device_lacks_is_an_input_error_before_any_work(argv, message, capsys, monkeypatch):
+    """A CUDA-only backend on CPU: one line naming the flag, the backend and those available, before any model."""
+    no_model_built(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2 and message in err[-1] and err[-1].endswith(CPU_BACKENDS)
+
+
+@pytest.mark.parametrize("argv", [MODEL, PROFILE, TRAIN + ["--lengths", "32", "--steps", "1"]],
+                         ids=["model", "profile", "train"])
+def test_a_missing_fusion_package_is_an_input_error_before_any_work(argv, capsys, monkeypatch):
+    """--fuse liger without liger-kernel (simulated): one line naming the flag, before a model is built."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "liger_kernel" else find_spec(name, *a, **k))
+    no_model_built(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--fuse", "liger"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--fuse liger: needs the liger-kernel package, which is "
+                                                             "not installed (pip install liger-kernel)")
+
+
 def test_a_failure_while_timing_keeps_its_traceback(monkeypatch):
     """Only input errors become parser errors: an exception while timing propagates as itself."""
     import swaa.bench.model as bench

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from swaa import SWAAConfig, apply_swaa
-from swaa.fusion import fuse
+from swaa.fusion import FUSIONS, fuse, fusion_unavailable
 from conftest import tiny_model
 
 
@@ -13,7 +13,10 @@ def test_unknown_fusion_is_a_clear_error():
 
 def test_liger_without_its_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "liger_kernel" else object())
-    with pytest.raises(ValueError, match="needs the liger-kernel package"):
+    assert fusion_unavailable("liger") == ("needs the liger-kernel package, which is not installed "
+                                           "(pip install liger-kernel)")
+    assert [fusion_unavailable(how) for how in FUSIONS if how != "liger"] == [None, None]
+    with pytest.raises(ValueError, match="fuse='liger' needs the liger-kernel package, which is not installed"):
         fuse(tiny_model(), "liger")
 
 

@@ -19,9 +19,9 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, default_device, dtype_name, int_at_least,
-                               int_list, model_config, random_model, relative_error, run_metadata, shape_fields,
-                               write_results)
+from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, check_backends, check_fusion, default_device,
+                               dtype_name, int_at_least, int_list, model_config, random_model, relative_error,
+                               run_metadata, shape_fields, write_results)
 from swaa.config import SWAAConfig, check_depth, presets_with, resolve_swaa
 from swaa.files import check_output_path, write_atomic
 from swaa.fusion import FUSIONS, fuse
@@ -482,13 +482,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The model and profile jobs' input errors that argparse cannot see (device, configs, their layers against the
-    model's depth), before any work: a ValueError naming the option."""
-    check_device(args.device, "--device")
+    """The model and profile jobs' input errors that argparse cannot see (device, backend and fusion available here,
+    configs, their layers against the model's depth), before any work: a ValueError naming the option."""
+    device = check_device(args.device, "--device")
+    check_backends([args.backend], device, "--backend")
+    check_fusion(args.fuse)
     check_output_path(args.out, "--out")
     check_output_path(getattr(args, "markdown", None), "--markdown")
     check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
-                model_config(args.shape).num_hidden_layers)
+                       model_config(args.shape).num_hidden_layers)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -14,8 +14,9 @@ import torch
 from peft import PeftModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, SHAPE_HELP, default_device, dtype_name, int_at_least, int_list, model_config,
-                               random_model, relative_error, run_metadata, shape_fields, write_results)
+from swaa.bench.common import (DTYPES, SHAPE_HELP, check_backends, check_fusion, default_device, dtype_name,
+                               int_at_least, int_list, model_config, random_model, relative_error, run_metadata,
+                               shape_fields, write_results)
 from swaa.bench.model import BenchConfig, check_config_depth, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
@@ -168,16 +169,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Input errors that argparse cannot see (device, configs against the depth, backends), before any work: a
-    ValueError naming the option."""
-    check_device(args.device, "--device")
+    """Input errors that argparse cannot see (device, configs against the depth, backends and fusion available
+    here), before any work: a ValueError naming the option."""
+    device = check_device(args.device, "--device")
     check_output_path(args.out, "--out")
     depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
     check_config_depth(configs, args.layers or depth)
     if any(c.hf_window is not None for c in configs):
         raise ValueError("--configs: transformers' own sliding window (hf_window) is not benchmarked in training")
-    parse_backends(args.backends)
+    check_backends(parse_backends(args.backends), device, "--backends")
+    check_fusion(args.fuse)
 
 
 def parse_backends(spec: str) -> list[str]:
