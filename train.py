@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
@@ -18,8 +19,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import swaa.data  # noqa: F401  (registers SyntheticDataModule and SFTDataModule for `--data NAME`)
-from swaa.checkpoints import AtomicCheckpointIO
+from swaa.checkpoints import AtomicCheckpointIO, UnreadableCheckpoint, load_file
+from swaa.data.sft import ChatDataModule
 from swaa.lit import SWAAFineTuner
+from swaa.models import load_config
 from swaa.preemption import SaveOnSigterm
 from swaa.progress import StepProgressBar
 from swaa.runs import DropFailedStart, last_checkpoints
@@ -30,6 +33,36 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger"},
     "use_distributed_sampler": False,  # the swaa.data loaders split batches over ranks themselves
 }
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself, as does registry[:X]
+
+
+def ckpt_path_error(path: str | None) -> str | None:
+    """Why a `--ckpt_path` file cannot be resumed from (missing, or not readable by torch.load), or None; only the
+    pickle and zip index are read (mmap). Names Lightning resolves itself and folders (sharded FSDP) are its own."""
+    if path is None or str(path) in LIGHTNING_CKPT_NAMES or str(path).lower().partition(":")[0] == "registry" \
+            or Path(path).is_dir():
+        return None
+    try:
+        load_file(path, mmap=True)
+    except FileNotFoundError:
+        return "no such file"
+    except UnreadableCheckpoint as e:
+        return e.reason
+    return None
+
+
+def check_sample_lengths(datamodule: LightningDataModule, model: str | None) -> None:
+    """The data fields that bound a sample's length (ChatDataModule.length_fields) must not exceed the model's context
+    (max_position_embeddings, read from its config alone): transformers would only warn."""
+    if not isinstance(datamodule, ChatDataModule):
+        return
+    context = getattr(load_config(model), "max_position_embeddings", None)
+    for field, value in datamodule.length_fields().items():
+        longest = max(value) if isinstance(value, list) else value
+        if context is not None and longest > context:
+            raise ValueError(f"data.init_args.{field}={value}: {longest} tokens is longer than the context of model "
+                             f"{model or 'SmolLM2 (default)'}; expected values <= {context} (its "
+                             f"max_position_embeddings)")
 
 
 class SWAACLI(LightningCLI):
@@ -40,6 +73,16 @@ class SWAACLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.init_args.tokenizer")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """A `--ckpt_path` file that is missing or unreadable is one error line (exit 2, as for other bad arguments)
+        before Lightning reads it (a torch.load traceback) or anything is built; `last` and the like pass."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        reason = ckpt_path_error(path)
+        if reason is not None:
+            parser.exit(2, f"train.py: error: --ckpt_path {path}: not a readable checkpoint: {reason}\n")
 
     def before_instantiate_classes(self) -> None:
         """A ModelCheckpoint without `dirpath` writes to <default_root_dir>/<logger name>/checkpoints, one folder for
@@ -60,8 +103,9 @@ class SWAACLI(LightningCLI):
         return super().instantiate_trainer(plugins=[*plugins, AtomicCheckpointIO()], callbacks=callbacks, **kwargs)
 
     def before_fit(self) -> None:
-        """A fit without `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it:
-        refuse."""
+        """Sample lengths beyond the model's context are an error, before any data is made; a fit without
+        `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it: refuse."""
+        check_sample_lengths(self.datamodule, self.model.hparams.model)
         found = last_checkpoints(self.trainer)
         if self._get(self.config, "ckpt_path") is None and found:
             raise SystemExit(f"train.py: a run already exists at {found[0].parent} ({found[0].name}): resume it with "
@@ -94,8 +138,9 @@ def _saved_message(trainer: Trainer | None) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """train.py's command line: bad values, data and paths end in one `train.py: error:` line (exit 1), Ctrl-C in one
-    line saying what was saved and how to resume (exit 130); bugs keep their traceback."""
+    """train.py's command line: bad values, data and paths end in one `train.py: error:` line (exit 1; bad arguments
+    and an unreadable --ckpt_path: exit 2), Ctrl-C in one line saying what was saved and how to resume (exit 130); bugs
+    keep their traceback."""
     def ctrl_c(signum, frame):  # not KeyboardInterrupt, on which Lightning prints its own notice and exits 1
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut Lightning's cleanup short
         raise SystemExit(130)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,14 @@ ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "nu
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used here: unreadable, not from train.py, or from a different setup."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint file that torch.load cannot read; `reason` says why in one line."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot read checkpoint {path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def model_id(spec: str | None) -> str:
@@ -85,16 +94,28 @@ def check_keys(saved: set[str], expected: set[str], path: str | Path | None) -> 
                               f"(e.g. {unexpected[:3]})")
 
 
-def load_file(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True) -> Any:
-    """torch.load with an error naming the path when the file is missing, corrupt or truncated."""
+def load_file(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True,
+              mmap: bool = False) -> Any:
+    """torch.load with a one-line error naming the path when the file is missing, corrupt or truncated; `mmap` maps
+    the tensors instead of reading them (a cheap check of the file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file? ({type(e).__name__}: {e})") \
-            from e
+        raise UnreadableCheckpoint(path, _load_error(path, e)) from e
+
+
+def _load_error(path: Path, error: Exception) -> str:
+    """Why torch.load failed on `path`, in one line (torch's messages add lines of advice)."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not zipfile.is_zipfile(path):
+        return "not the zip archive that torch.save writes (truncated, or not a checkpoint)"
+    text = str(error).split("WeightsUnpickler error:")[-1]  # weights_only refusals: the reason follows the advice
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {line.split('. ')[0]}" if line else type(error).__name__
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True) -> dict:

@@ -13,8 +13,8 @@ from test_lit import TINY, make_trainer, random_batches
 from transformers import AutoModelForCausalLM
 
 import swaa.export
-from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, atomic_torch_save, load_adapter, load_trained_weights,
-                              read_checkpoint)
+from swaa.checkpoints import (FINGERPRINT_KEY, CheckpointError, UnreadableCheckpoint, atomic_torch_save, load_adapter,
+                              load_file, load_trained_weights, read_checkpoint)
 from swaa.export import export
 from swaa.integration import swaa_disabled
 from swaa.lit import SWAAFineTuner
@@ -75,7 +75,8 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
     ckpt["state_dict"].popitem()
     torch.save(ckpt, partial)
     for path in (truncated, garbage):
-        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}: corrupt or truncated"):
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}: not the zip archive that torch.save "
+                                                  r"writes \(truncated, or not a checkpoint\)$"):
             resume(path, tmp_path)
     with pytest.raises(CheckpointError, match="does not match the trainable parameters.*1 missing"):
         resume(partial, tmp_path)
@@ -84,6 +85,25 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="not a train.py checkpoint"):
         read_checkpoint(tmp_path / "foreign.ckpt")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_unreadable_files_name_the_reason_in_one_line(tmp_path, mmap):
+    """torch's own messages run over several lines of advice; load_file says what is wrong in one."""
+    empty, garbage, pickled = tmp_path / "empty.ckpt", tmp_path / "garbage.ckpt", tmp_path / "pickled.ckpt"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"not a checkpoint" * 10)
+    torch.save({"state_dict": {}, "object": LoRASettings()}, pickled)  # a zip, but weights_only refuses the object
+    for path, reason in ((empty, "empty file"),
+                         (garbage, "not the zip archive that torch.save writes (truncated, or not a checkpoint)"),
+                         (pickled, "UnpicklingError: Unsupported global: GLOBAL swaa.lora.LoRASettings was not an "
+                                   "allowed global by default")):
+        with pytest.raises(UnreadableCheckpoint) as error:
+            load_file(path, mmap=mmap)
+        assert (str(error.value), error.value.reason) == (f"cannot read checkpoint {path}: {reason}", reason)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt not found"):
+        load_file(tmp_path / "nope.ckpt", mmap=mmap)
+    assert load_file(pickled, weights_only=False, mmap=mmap)["object"] == LoRASettings()
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -2,6 +2,7 @@
 and CLI errors."""
 
 import logging
+import random
 import re
 import signal
 import subprocess
@@ -88,6 +89,64 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_log_folder(tmp_path, m
     with pytest.raises(FileNotFoundError, match="nonexistent.ckpt not found"):
         cli_main(["fit", "--config", SMOKE, "--model.init_weights", str(tmp_path / "nonexistent.ckpt")])
     assert not (tmp_path / "runs" / "smoke").exists()
+
+
+def damaged_checkpoint(tmp: Path, kind: str) -> Path:
+    """A --ckpt_path file that cannot be resumed from: random bytes, a torch.save file cut in half, empty, missing."""
+    path = tmp / f"{kind}.ckpt"
+    if kind == "random_bytes":
+        path.write_bytes(random.Random(0).randbytes(5000))
+    elif kind == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 2}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("random_bytes", "not the zip archive that torch.save writes (truncated, or not a checkpoint)"),
+    ("truncated", "not the zip archive that torch.save writes (truncated, or not a checkpoint)"),
+    ("empty", "empty file"),
+    ("missing", "no such file"),
+])
+def test_unreadable_ckpt_path_is_one_error_line_before_anything_is_built(tmp_path, monkeypatch, capsys, kind, reason):
+    """Not Lightning's torch.load traceback (or, for a missing file, an error once the model is built): exit 2."""
+    monkeypatch.chdir(tmp_path)
+    path = damaged_checkpoint(tmp_path, kind)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMOKE, "--ckpt_path", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # (pytest's own command line may add Lightning's warning about it first)
+    assert err.splitlines()[-1] == f"train.py: error: --ckpt_path {path}: not a readable checkpoint: {reason}"
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ckpt_path_last_without_a_run_starts_fresh(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "--config", SMOKE, "--data.init_args.cache_dir", str(tmp_path / "cache"),
+                    "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 1 and (tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (lambda tmp: ["--data.init_args.cache_dir", str(tmp / "cache"), "--data.init_args.lengths", "[192, 8300]"],
+     "data.init_args.lengths=[192, 8300]: 8300 tokens is longer than the context of model tiny:llama:2:49152; "
+     "expected values <= 8192 (its max_position_embeddings)"),
+    (lambda tmp: [*sft_file(tmp, "chat.jsonl", '{"prompt": "p", "response": "r"}\n' * 2), "--data.max_length",
+                  "8300"],
+     "data.init_args.max_length=8300: 8300 tokens is longer than the context of model tiny:llama:2:49152; "
+     "expected values <= 8192 (its max_position_embeddings)"),
+], ids=["synthetic_lengths", "sft_max_length"])
+def test_sample_lengths_beyond_the_model_context_are_an_error_before_training(tmp_path, monkeypatch, extra, message):
+    """The smoke model's context is 8192 tokens (max_position_embeddings): transformers would only warn."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMOKE, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+              *extra(tmp_path)])
+    assert exit_info.value.code == "train.py: error: " + message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # no data made, no step taken
 
 
 def test_data_module_by_short_name_gets_the_model_tokenizer():

@@ -152,6 +152,11 @@ class ChatDataModule(L.LightningDataModule):
             self._tokenizer = load_tokenizer(self.tokenizer_path)
         return self._tokenizer
 
+    def length_fields(self) -> dict[str, int | list[int]]:
+        """The init arguments that bound a sample's length in tokens, by name (train.py checks them against the
+        model's context)."""
+        return {}
+
     def _loader(self, data: datasets.Dataset, shuffle: bool) -> ResumableDataLoader:
         """Split over the trainer's ranks (one rank without a trainer); right padding."""
         replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
@@ -199,6 +204,9 @@ class SFTDataModule(ChatDataModule):
         self.save_hyperparameters()
         self.train_files, self.val_files = list(train_files), list(val_files or [])
         self.max_length, self.min_length, self.val_fraction = max_length, min_length, val_fraction
+
+    def length_fields(self) -> dict[str, int | list[int]]:
+        return {"max_length": self.max_length}
 
     def _encode(self, files: list[str], name: str) -> datasets.Dataset:
         data = datasets.concatenate_datasets([encode_file(f, self.tokenizer, self.cache_dir) for f in files])

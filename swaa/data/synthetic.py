@@ -64,6 +64,9 @@ class SyntheticDataModule(ChatDataModule):
         self.haystack = haystack
         self._val_samples: list[Sample] = []
 
+    def length_fields(self) -> dict[str, int | list[int]]:
+        return {"lengths": self.lengths}
+
     def make_split(self, split: str, n: int) -> list[Sample]:
         """n samples of `split` ('train' or 'val'), spread evenly over (task, length) pairs, in that order."""
         pairs = [(task, length) for task in self.tasks for length in self.lengths]
