@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from swaa.attention import BACKENDS
-from swaa.cli import int_values, split_values
+from swaa.cli import given_values, int_values
 from swaa.config import presets_with
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    args.tasks, args.configs = split_values(args.tasks), split_values(args.configs)
+    args.tasks, args.configs = given_values(p, "--tasks", args.tasks), given_values(p, "--configs", args.configs)
     if args.adapter is None and args.model is None:
         args.adapter = str(DEFAULT_ADAPTER)
     elif args.adapter == "none":

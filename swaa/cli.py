@@ -10,6 +10,14 @@ def split_values(values: list[str] | None) -> list[str] | None:
     return None if values is None else [v for value in values for v in value.split(",") if v]
 
 
+def given_values(parser: argparse.ArgumentParser, flag: str, values: list[str] | None) -> list[str] | None:
+    """`split_values`, where a flag given with only empty values (e.g. `--tasks ,`) is a parser error naming `flag`."""
+    split = split_values(values)
+    if split == []:
+        parser.error(f"{flag}: no values given")
+    return split
+
+
 def int_values(parser: argparse.ArgumentParser, flag: str, values: list[str] | None) -> list[int] | None:
     """`split_values` as ints; a value that is not an integer is a parser error naming `flag`."""
     try:

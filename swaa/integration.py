@@ -170,6 +170,31 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def backend_unavailable(name: str, device: torch.device) -> str | None:
+    """Why SWAA backend `name` cannot run on `device` (resolve_backend's error), or None when it can."""
+    if name == "auto":  # resolve_backend takes it on every device; asking it here would log its choice too early
+        return None
+    try:
+        resolve_backend(name, device)
+    except (ValueError, RuntimeError) as e:  # RuntimeError: cudnn_ops without nvidia-cudnn-frontend
+        return str(e)
+    return None
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """The SWAA backends that can run on `device`, sorted."""
+    return sorted(name for name in BACKENDS if backend_unavailable(name, device) is None)
+
+
+def check_backends(names: list[str], device: torch.device, flag: str) -> None:
+    """Before any work: a ValueError naming `flag` and the first of `names` that cannot run on `device`, with the
+    backends that can."""
+    for name in names:
+        if (reason := backend_unavailable(name, device)) is not None:
+            raise ValueError(f"{flag} {name}: not available on {device} ({reason}); available on {device}: "
+                             f"{available_backends(device)}")
+
+
 @functools.cache
 def _log_choice_once(choice: str, device_type: str) -> None:
     log.info("SWAA backend 'auto' -> %r on %s", choice, device_type)

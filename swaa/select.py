@@ -29,15 +29,16 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from swaa.attention import BACKENDS
 from swaa.checkpoints import load_adapter
-from swaa.cli import int_values, split_values
+from swaa.cli import given_values, int_values
 from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.results import path_identity
 from swaa.files import check_output_path, write_atomic
-from swaa.integration import answer_start, apply_swaa, remove_swaa
+from swaa.integration import answer_start, apply_swaa, check_backends, remove_swaa
 from swaa.loss import answer_logits, sample_nll, supervised_columns
 from swaa.models import base_model, check_device, load_config, load_model, load_tokenizer
 from swaa.tasks.generators import Sample, make_samples, train_answer
@@ -468,17 +469,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=8, help="calibration samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per forward (default: %(default)s)")
-    p.add_argument("--backend", default="auto", help="SWAA attention backend (default: %(default)s)")
+    p.add_argument("--backend", default="auto", choices=sorted(BACKENDS),
+                   help="SWAA attention backend (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="preset name (with several criteria: NAME_<criterion>) (default: from the settings)")
     p.add_argument("--out", required=True,
                    help="presets YAML to write; the scores (.scores.json), the plot (.png) and every measured pass "
                         "(.passes.json: the same command resumes from it) go beside it")
     args = p.parse_args(argv)
-    args.tasks, args.budget = split_values(args.tasks), split_values(args.budget)
-    for flag, values in (("--tasks", args.tasks), ("--budget", args.budget)):
-        if values == []:  # e.g. "--budget ,": given, but empty
-            p.error(f"{flag}: no values given")
+    args.tasks, args.budget = given_values(p, "--tasks", args.tasks), given_values(p, "--budget", args.budget)
     args.lengths = int_values(p, "--lengths", args.lengths)
     return args
 
@@ -494,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.model)
         budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
         SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)
-        check_device(args.device, "--device")
+        check_backends([args.backend], check_device(args.device, "--device"), "--backend")  # before the passes file
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
         tokenizer = load_tokenizer(args.model)

@@ -6,8 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-import swaa.integration as integration
-from swaa.bench.common import (available_backends, check_backends, check_fusion, int_at_least, int_list, model_config,
+from swaa.bench.common import (check_fusion, int_at_least, int_list, model_config,
                                random_model, relative_error, run_metadata, shape_fields)
 
 CPU = torch.device("cpu")
@@ -48,30 +47,6 @@ def test_int_at_least_and_int_list_reject_out_of_range_and_empty():
                        (int_list, "32,0"), (int_list, "a")):
         with pytest.raises(argparse.ArgumentTypeError, match="expected"):
             parse(bad)
-
-
-def test_backends_available_on_cpu_and_the_error_for_one_that_is_not():
-    assert available_backends(CPU) == ["auto", "chunked", "flex", "reference"]
-    check_backends(["auto", "flex", "chunked", "reference"], CPU, "--backends")
-    with pytest.raises(ValueError, match=r"^--backends flash: not available on cpu \(backend 'flash' needs a CUDA "
-                                         r"device.*\); available on cpu: \['auto', 'chunked', 'flex', 'reference'\]$"):
-        check_backends(["flex", "flash"], CPU, "--backends")
-
-
-def test_a_cuda_device_without_the_fa4_and_cudnn_packages(monkeypatch):
-    """resolve_backend's checks decide: a missing flash-attn-4 (ValueError) or nvidia-cudnn-frontend (RuntimeError)."""
-    def no_cudnn():
-        raise RuntimeError("backend 'cudnn' needs the optional package nvidia-cudnn-frontend")
-
-    monkeypatch.setattr(integration, "fa4_unavailable", lambda index: "it needs the flash-attn-4 package")
-    monkeypatch.setattr(integration, "cudnn_ops", no_cudnn)
-    cuda = torch.device("cuda")
-    assert available_backends(cuda) == ["auto", "chunked", "flash", "flex", "reference"]
-    with pytest.raises(ValueError, match=r"^--backend fa4: not available on cuda \(.*it needs the flash-attn-4 "
-                                         r"package.*\); available on cuda: \['auto', 'chunked', 'flash'"):
-        check_backends(["fa4"], cuda, "--backend")
-    with pytest.raises(ValueError, match=r"^--backends cudnn: not available on cuda \(.*nvidia-cudnn-frontend\)"):
-        check_backends(["flash", "cudnn"], cuda, "--backends")
 
 
 def test_check_fusion(monkeypatch):

@@ -39,6 +39,14 @@ def test_bad_input_exits_before_loading(no_loading, argv, message):
     assert str(exc.value.code).startswith("evaluate.py: error:")
 
 
+@pytest.mark.parametrize("flag", ["--configs", "--tasks"])
+def test_option_given_without_values_is_an_error(flag, no_loading, tmp_path, capsys):
+    """'--configs ,' (every value empty) must not fall back to every configuration."""
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", flag, ",", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"{flag}: no values given")
+
+
 def test_missing_presets_file_exits_2_before_loading(no_loading, tmp_path, capsys):
     """--presets naming no file is an input error even when no preset name is used (here: inline JSON only)."""
     missing = tmp_path / "missing.yaml"

@@ -151,8 +151,8 @@ def test_depth_other_than_the_records_model_depth_is_an_error_where_that_depth_i
                 str(tmp_path / name / "out")]
         for bad, word in ((40, "larger"), (depth - 2, "smaller")):  # depth - 2 still fits quarter_fad's layer 5
             assert cli_error(capsys, args + ["--depth", str(bad)]) == (
-                f"swaa.eval.frontier: error: --depth {bad}: {word} than the records' model depth {depth} (model "
-                f"{model}); the full fractions need --depth {depth}")
+                f"python -m swaa.eval.frontier: error: --depth {bad}: {word} than the records' model depth {depth} "
+                f"(model {model}); the full fractions need --depth {depth}")
         main(args + ["--depth", str(depth)])
         assert (tmp_path / name / "out" / "frontier.csv").is_file()
     records(tmp_path / "changed", model=str(folder), model_id="another file")  # not the folder they were made with
@@ -168,8 +168,8 @@ def test_a_speed_row_of_an_unknown_config_is_an_error_naming_it_the_file_and_the
     (tmp_path / "speed.json").write_text(json.dumps(bench))
     assert cli_error(capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8",
                               "--out", str(tmp_path / "out")]) == (
-        f"swaa.eval.frontier: error: --speed {tmp_path / 'speed.json'}: rows name config(s) ['swa_renamed'] that "
-        f"meta.configs does not list; known configs: {list(TIMED)}")
+        f"python -m swaa.eval.frontier: error: --speed {tmp_path / 'speed.json'}: rows name config(s) ['swa_renamed'] "
+        f"that meta.configs does not list; known configs: {list(TIMED)}")
 
 
 def test_a_run_without_an_fa_row_is_an_error_that_says_how_to_get_one(tmp_path):
@@ -177,6 +177,13 @@ def test_a_run_without_an_fa_row_is_an_error_that_says_how_to_get_one(tmp_path):
     with pytest.raises(ValueError, match=r"run\(s\) \['model.gguf'\] have no full-attention row .* evaluate them "
                                          r"with config `fa` too, or pass --fa-run"):
         frontier_table(no_fa, bench_json(), 65536, depth=8)
+
+
+def test_no_fa_row_above_zero_is_an_error_that_says_so(tmp_path):
+    """A tiny smoke run whose FA scores 0 everywhere: '% of FA' is undefined, said in one line (not a KeyError)."""
+    zero = [{**r, "accuracy": 0.0} if r["config_name"] == "fa" else r for r in records(tmp_path)]
+    with pytest.raises(ValueError, match=r"no FA row scores above 0 on these cells \(runs \['model.gguf'\]\)"):
+        frontier_table(zero, bench_json(), 65536, depth=8)
 
 
 def test_results_md_frontier_is_what_the_committed_records_and_benchmark_give():

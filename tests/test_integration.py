@@ -10,6 +10,7 @@ from test_attention import CUDNN
 from swaa import SWAAConfig, apply_swaa, integration, prompt_lengths, remove_swaa, swaa_disabled
 from swaa.attention import BACKENDS
 from swaa.cache import SinkWindowLayer
+from swaa.integration import available_backends, check_backends
 
 CFG = SWAAConfig(window=6, sink=2, fa_decode=[0, 2], full_layers=[1])
 
@@ -248,3 +249,27 @@ def test_cuda_flash_under_autocast_and_auto_choice():
         got = model(ids, attention_mask=mask).logits.float()
     real = mask.bool()
     assert ((got - want)[real].norm() / want[real].norm()).item() < 2e-2
+
+
+def test_backends_available_on_cpu_and_the_error_for_one_that_is_not():
+    assert available_backends(torch.device("cpu")) == ["auto", "chunked", "flex", "reference"]
+    check_backends(["auto", "flex", "chunked", "reference"], torch.device("cpu"), "--backends")
+    with pytest.raises(ValueError, match=r"^--backends flash: not available on cpu \(backend 'flash' needs a CUDA "
+                                         r"device.*\); available on cpu: \['auto', 'chunked', 'flex', 'reference'\]$"):
+        check_backends(["flex", "flash"], torch.device("cpu"), "--backends")
+
+
+def test_a_cuda_device_without_the_fa4_and_cudnn_packages(monkeypatch):
+    """resolve_backend's checks decide: a missing flash-attn-4 (ValueError) or nvidia-cudnn-frontend (RuntimeError)."""
+    def no_cudnn():
+        raise RuntimeError("backend 'cudnn' needs the optional package nvidia-cudnn-frontend")
+
+    monkeypatch.setattr(integration, "fa4_unavailable", lambda index: "it needs the flash-attn-4 package")
+    monkeypatch.setattr(integration, "cudnn_ops", no_cudnn)
+    cuda = torch.device("cuda")
+    assert available_backends(cuda) == ["auto", "chunked", "flash", "flex", "reference"]
+    with pytest.raises(ValueError, match=r"^--backend fa4: not available on cuda \(.*it needs the flash-attn-4 "
+                                         r"package.*\); available on cuda: \['auto', 'chunked', 'flash'"):
+        check_backends(["fa4"], cuda, "--backend")
+    with pytest.raises(ValueError, match=r"^--backends cudnn: not available on cuda \(.*nvidia-cudnn-frontend\)"):
+        check_backends(["flash", "cudnn"], cuda, "--backends")

@@ -3,6 +3,8 @@
 import pytest
 
 import evaluate
+import swaa.eval.frontier
+import swaa.eval.report
 import swaa.select
 from swaa.export import export
 from swaa.files import check_output_path
@@ -22,7 +24,7 @@ def test_check_output_path(tmp_path):
         check_output_path(afile / "x" / "y.json", "--out")
 
 
-def test_entry_points_check_their_output_before_the_work(tmp_path, monkeypatch):
+def test_entry_points_check_their_output_before_the_work(tmp_path, monkeypatch, capsys):
     """evaluate.py failed after its first cell, swaa.select after every pass (leaving their files beside), export
     after loading."""
     afile = tmp_path / "afile"
@@ -35,3 +37,9 @@ def test_entry_points_check_their_output_before_the_work(tmp_path, monkeypatch):
         swaa.select.main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--out .*afile: is a file"):
         export(tmp_path / "missing.ckpt", afile)
+    monkeypatch.setattr(swaa.eval.report, "load_records", lambda *a: pytest.fail("read before the output check"))
+    monkeypatch.setattr(swaa.eval.frontier, "load_speed", lambda *a: pytest.fail("read before the output check"))
+    for module, extra in ((swaa.eval.report, []), (swaa.eval.frontier, ["--speed", "bench.json"])):
+        with pytest.raises(SystemExit):
+            module.main([str(tmp_path), *extra, "--out", str(afile)])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"--out {afile}: is a file; expected a folder path")

@@ -270,6 +270,17 @@ def test_cli_interrupted_selection_resumes_from_its_saved_passes(tmp_path, monke
     assert "holds passes of another model, adapter, settings or calibration data" in caplog.text
 
 
+def test_cli_backend_the_device_cannot_run_is_an_error_that_keeps_the_saved_passes(tmp_path):
+    """--backend flash on CPU: one error line before the passes file is opened (it would be replaced by a file of
+    the new settings' fingerprint)."""
+    passes = tmp_path / "sel.passes.json"
+    passes.write_text('{"fingerprint": "earlier", "passes": []}')
+    with pytest.raises(SystemExit, match=r"--backend flash: not available on cpu \(backend 'flash' needs a CUDA"):
+        main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--device", "cpu", "--backend",
+              "flash", "--out", str(tmp_path / "sel.yaml")])
+    assert passes.read_text() == '{"fingerprint": "earlier", "passes": []}'
+
+
 def test_cli_unreadable_passes_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "sel.passes.json").write_text('{"fingerprint": "x", "passes": [[')
     with pytest.raises(SystemExit, match=r"sel\.passes\.json: not a swaa\.select passes file .*remove it"):

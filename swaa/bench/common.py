@@ -13,10 +13,8 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from swaa.attention import BACKENDS
 from swaa.files import write_atomic
 from swaa.fusion import fusion_unavailable
-from swaa.integration import resolve_backend
 from swaa.tiny import SPEC_HELP, is_tiny_spec, tiny_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,31 +85,6 @@ def write_results(path: str | None, meta: dict[str, Any], rows: list[dict[str, A
     """Rows and metadata as JSON at `path` (atomically; nothing without a path)."""
     if path:
         write_atomic(path, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-
-
-def backend_unavailable(name: str, device: torch.device) -> str | None:
-    """Why SWAA backend `name` cannot run on `device` (resolve_backend's error), or None when it can."""
-    if name == "auto":  # resolve_backend takes it on every device; asking it here would log its choice too early
-        return None
-    try:
-        resolve_backend(name, device)
-    except (ValueError, RuntimeError) as e:  # RuntimeError: cudnn_ops without nvidia-cudnn-frontend
-        return str(e)
-    return None
-
-
-def available_backends(device: torch.device) -> list[str]:
-    """The SWAA backends that can run on `device`, sorted."""
-    return sorted(name for name in BACKENDS if backend_unavailable(name, device) is None)
-
-
-def check_backends(names: list[str], device: torch.device, flag: str) -> None:
-    """Before any work: a ValueError naming `flag` and the first of `names` that cannot run on `device`, with the
-    backends that can."""
-    for name in names:
-        if (reason := backend_unavailable(name, device)) is not None:
-            raise ValueError(f"{flag} {name}: not available on {device} ({reason}); available on {device}: "
-                             f"{available_backends(device)}")
 
 
 def check_fusion(how: str, flag: str = "--fuse") -> None:

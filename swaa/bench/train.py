@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, SHAPE_HELP, check_backends, check_fusion, default_device, dtype_name,
+from swaa.bench.common import (DTYPES, SHAPE_HELP, check_fusion, default_device, dtype_name,
                                int_at_least, int_list, model_config, random_model, relative_error, run_metadata,
                                shape_fields, write_results)
 from swaa.bench.model import BenchConfig, check_config_depth, parse_configs
@@ -22,7 +22,7 @@ from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig
 from swaa.files import check_output_path
 from swaa.fusion import FUSIONS, fuse
-from swaa.integration import apply_swaa
+from swaa.integration import apply_swaa, check_backends
 from swaa.lora import LoRASettings, add_lora
 from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import check_device

@@ -25,7 +25,7 @@ from swaa.cli import split_values
 from swaa.config import SWAAConfig, check_depth
 from swaa.eval.report import FA_TAG, config_label, summary_table
 from swaa.eval.results import load_records, of_tasks, path_identity
-from swaa.files import write_atomic
+from swaa.files import check_output_path, write_atomic
 from swaa.models import DEFAULT_GGUF, load_config
 from swaa.tiny import is_tiny_spec
 
@@ -120,6 +120,9 @@ def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length:
     if no_fa:
         raise ValueError(f"run(s) {no_fa} have no full-attention row (config tag {FA_TAG!r}) to give '% of FA': "
                          f"evaluate them with config `fa` too, or pass --fa-run naming a run that has one")
+    if "% of FA" not in table:  # summary_table drops the column when no row has one
+        raise ValueError(f"no FA row scores above 0 on these cells (runs {sorted(set(table['run']))}): '% of FA' is "
+                         f"undefined; choose other --tasks or evaluate a model that solves them under FA")
     configs = {config_label(r): SWAAConfig.from_dict(r["key"]["swaa"]) for r in records}
     check_records_depth(records, configs, depth)
     speeds = speed_rows(bench, length)
@@ -171,7 +174,7 @@ def plot_frontier(table: pd.DataFrame, threshold: float, length: int) -> Figure:
 
 
 def write_frontier(table: pd.DataFrame, threshold: float, length: int, out: str | Path) -> dict[str, Path]:
-    """table.md, table.csv, frontier.png and headline.json in `out`."""
+    """frontier.md, frontier.csv, frontier.png and headline.json in `out`."""
     out = Path(out)
     paths = {name: out / file for name, file in (("markdown", "frontier.md"), ("csv", "frontier.csv"),
                                                   ("plot", "frontier.png"), ("headline", "headline.json"))}
@@ -201,7 +204,8 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m swaa.eval.frontier", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="results folders or results.jsonl files (evaluate.py --out)")
     p.add_argument("--speed", required=True, help="JSON of `python -m swaa.bench model` (FA and SWAA rows)")
     p.add_argument("--length", type=int, default=65536, help="prompt length of the speed rows (default: %(default)s)")
@@ -219,12 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--threshold: expected a finite % of FA > 0; got {args.threshold}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_output_path(args.out, "--out", folder=True)
         bench = load_speed(args.speed)
         records = of_tasks(load_records(args.results), split_values(args.tasks))
         table = frontier_table(records, bench, args.length, args.depth, args.fa_run)
         paths = write_frontier(table, args.threshold, args.length, args.out)
     except (OSError, ValueError, KeyError) as e:
-        p.exit(2, f"swaa.eval.frontier: error: {e}\n")  # one line, exit 2 like the argument errors above
+        p.exit(2, f"{p.prog}: error: {e}\n")  # one line, exit 2 like the argument errors above
     print(markdown(table))
     print(headline_text(table, args.threshold))
     for name, path in paths.items():

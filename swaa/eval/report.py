@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from swaa.cli import split_values
 from swaa.eval.results import load_records, of_configs, of_tasks
-from swaa.files import write_atomic
+from swaa.files import check_output_path, write_atomic
 
 log = logging.getLogger(__name__)
 FA_TAG = "fa"
@@ -236,7 +236,8 @@ def write_report(records: list[dict[str, Any]], out_dir: str | Path, fa_run: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="One report (table.md, table.csv, plots) from several result folders.")
+    parser = argparse.ArgumentParser(prog="python -m swaa.eval.report",
+                                     description="One report (table.md, table.csv, plots) from several result folders.")
     parser.add_argument("results", nargs="+", help="result folders (or results.jsonl files) of evaluate.py")
     parser.add_argument("--out", required=True, help="folder for table.md, table.csv, accuracy.png (speed.png)")
     parser.add_argument("--fa-run", help="'%% of FA' against this run's FA row for every row (its label or adapter "
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_output_path(args.out, "--out", folder=True)
         records = of_configs_with_fa(of_tasks(load_records(args.results), split_values(args.tasks)),
                                      split_values(args.configs), args.fa_run)
         paths = write_report(records, args.out, args.fa_run)
