@@ -120,6 +120,15 @@ def test_cli_tasks_keeps_only_their_cells(tmp_path, capsys):
     assert "--tasks: ['bogus'] not in the records; they have ['niah_single', 'passkey']" in capsys.readouterr().err
 
 
+def test_cli_configs_without_fa_warn_that_percent_of_fa_stays_empty(tmp_path, caplog):
+    _records(tmp_path / "r")
+    main([str(tmp_path / "r"), "--configs", "sink", "--out", str(tmp_path / "out")])
+    assert "no FA row among --configs sink: '% of FA' stays empty; list fa too, or pass --fa-run" in caplog.text
+    caplog.clear()
+    main([str(tmp_path / "r"), "--configs", "sink", "fa", "--out", str(tmp_path / "out")])
+    assert "no FA row" not in caplog.text
+
+
 def test_cli_input_errors_are_parser_errors(tmp_path, capsys):
     """A missing or empty results folder, an empty results file, an unknown --fa-run, an empty --tasks: exit 2."""
     (tmp_path / "empty").mkdir()
