@@ -19,9 +19,9 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, check_fusion, default_device,
-                               dtype_name, int_at_least, int_list, model_config, random_model, relative_error,
-                               run_metadata, shape_fields, write_results)
+from swaa.bench.common import (DTYPES, HF_SLIDING_TYPES, SHAPE_HELP, check_fusion, default_device, dtype_name,
+                               int_at_least, int_list, model_config, random_model, relative_error, run_metadata,
+                               shape_fields, write_results)
 from swaa.config import SWAAConfig, check_depth, presets_with, resolve_swaa
 from swaa.files import check_output_path, write_atomic
 from swaa.fusion import FUSIONS, fuse

@@ -14,9 +14,8 @@ import torch
 from peft import PeftModel
 
 from swaa.attention import BACKENDS
-from swaa.bench.common import (DTYPES, SHAPE_HELP, check_fusion, default_device, dtype_name,
-                               int_at_least, int_list, model_config, random_model, relative_error, run_metadata,
-                               shape_fields, write_results)
+from swaa.bench.common import (DTYPES, SHAPE_HELP, check_fusion, default_device, dtype_name, int_at_least, int_list,
+                               model_config, random_model, relative_error, run_metadata, shape_fields, write_results)
 from swaa.bench.model import BenchConfig, check_config_depth, parse_configs
 from swaa.bench.profile import time_breakdown
 from swaa.config import SWAAConfig

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                                      split_values(args.configs), args.fa_run)
         if args.configs is not None and not any(r["key"]["swaa_tag"] == FA_TAG for r in records):
             log.warning("no FA row among --configs %s: '%% of FA' stays empty; list fa too, or pass --fa-run",
-                        " ".join(split_values(args.configs) or []))
+                        " ".join(split_values(args.configs)))
         paths = write_report(records, args.out, args.fa_run)
     except (OSError, ValueError) as e:
         parser.error(str(e))
