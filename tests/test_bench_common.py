@@ -1,12 +1,13 @@
 """swaa.bench.common: relative error, shapes and random models, metadata."""
 
 import argparse
+import importlib.metadata
 import importlib.util
 
 import pytest
 import torch
 
-from swaa.bench.common import (check_fusion, int_at_least, int_list, model_config,
+from swaa.bench.common import (check_fusion, installed_versions, int_at_least, int_list, model_config,
                                random_model, relative_error, run_metadata, shape_fields)
 
 CPU = torch.device("cpu")
@@ -38,7 +39,12 @@ def test_random_model_is_the_same_for_the_same_seed():
 def test_run_metadata():
     meta = run_metadata(CPU, ["python", "-m", "swaa.bench", "model"], dtype="fp32")
     assert meta["gpu"] is None and meta["timer"] == "perf_counter" and meta["dtype"] == "fp32"
-    assert {"torch", "transformers", "python", "date", "command"} <= set(meta)
+    assert {"torch", "transformers", "python", "packages", "date", "command"} <= set(meta)
+
+
+def test_installed_versions_names_what_is_installed_and_leaves_out_the_rest():
+    """The kernel packages a run used (flash-attn-4 decides fa4's backward) are in its metadata."""
+    assert installed_versions(("torch", "no-such-distribution")) == {"torch": importlib.metadata.version("torch")}
 
 
 def test_int_at_least_and_int_list_reject_out_of_range_and_empty():

@@ -2,6 +2,8 @@
 
 import argparse
 import contextlib
+import functools
+import math
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ from torch.nn.attention import SDPBackend
 
 import swaa.bench.kernels as bench_kernels
 from swaa.attention import BACKENDS
-from swaa.bench.kernels import _causal_cases, _tunings, add_proportional, check_error, markdown, visible_pairs
+from swaa.bench.kernels import (_causal_cases, _swaa_case, _tunings, add_proportional, backend_call, check_error,
+                                fa4_native_call, markdown, visible_pairs)
 from test_bench_model import window_ignored
 
 
@@ -65,6 +68,14 @@ def test_each_forced_causal_case_runs_under_its_own_kernel(monkeypatch):
 def test_check_error_passes_a_correct_backend_and_catches_a_forgotten_window(monkeypatch):
     """The gate before timing: output and gradients against float64 attention (CPU, float32, short sequence)."""
     args = dict(window=32, sink=4, hq=4, hkv=2, d=16, dtype=torch.float32, device=torch.device("cpu"), n=256)
-    assert check_error("chunked", **args) < 1e-5
+    chunked = functools.partial(backend_call, "chunked")
+    assert check_error(chunked, **args) < 1e-5
     monkeypatch.setitem(BACKENDS, "chunked", window_ignored)
-    assert check_error("chunked", **args) > bench_kernels.TOLERANCE
+    assert check_error(chunked, **args) > bench_kernels.TOLERANCE
+
+
+def test_a_kernel_that_raises_is_a_failed_check_and_never_timed():
+    """FA4's own window has no sinks: asking for them fails the case (NaN error), so the bench reports FAILED."""
+    q = torch.randn(1, 2, 8, 4)
+    label, window, sink, *_, err = _swaa_case(fa4_native_call, None, 4, 2, q, q, q, None, "fa4_native")
+    assert (label, window, sink) == ("fa4_native", 4, 2) and math.isnan(err)

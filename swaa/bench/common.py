@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import platform
 from typing import Any, Callable
@@ -72,10 +73,26 @@ def dtype_name(name: str | None, device: torch.device) -> str:
     return name or ("bf16" if device.type == "cuda" else "fp32")
 
 
+OPTIONAL_KERNELS = ("flash-attn-4", "nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "liger-kernel")
+
+
+def installed_versions(names: tuple[str, ...] = OPTIONAL_KERNELS) -> dict[str, str]:
+    """Versions of the distributions `names` installed here; absent ones are left out."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def run_metadata(device: torch.device, command: list[str], **settings: Any) -> dict[str, Any]:
-    """Versions, device, timer, date and command line of a run, then its `settings` (dtype, shape, ...)."""
+    """Versions (the optional kernel packages too), device, timer, date and command line of a run, then its
+    `settings` (dtype, shape, ...)."""
     return {"device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "packages": installed_versions(),
             "timer": "CUDA events" if device.type == "cuda" else "perf_counter",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command, **settings}

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +60,33 @@ def _qkv(n, hq, hkv, d, dtype, device, grad=False):
             for s in shapes]
 
 
-def check_error(name: str, window, sink, hq, hkv, d, dtype, device, n=CHECK_TOKENS) -> float:
-    """Largest ||x - ref|| / ||ref|| over the output and the gradients of q, k, v, against float64 dense attention."""
+def backend_call(name: str, window: int | None, sink: int, n: int, device) -> Callable:
+    """(q, k, v) -> output (B, n, Hq, D) of SWAA backend `name` on one all-prompt sequence of n tokens."""
+    module = _module(_inputs(n, window, sink, device))
+    return lambda q, k, v: BACKENDS[name](module, q, k, v, None, scaling=q.shape[-1] ** -0.5)[0]
+
+
+def fa4_native_call(window: int | None, sink: int, n: int, device) -> Callable:
+    """(q, k, v) -> output (B, n, Hq, D) of flash-attn-4's own kernel, no block mask: causal, within a window of
+    `window` keys when set (no sinks)."""
+    if sink:
+        raise ValueError("flash-attn-4's own window has no sink tokens")
+    from flash_attn.cute import flash_attn_func
+    size = (None, None) if window is None else (window - 1, 0)
+
+    def call(q, k, v):
+        out = flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)), softmax_scale=q.shape[-1] ** -0.5,
+                              causal=True, window_size=size)
+        return out[0] if isinstance(out, tuple) else out
+    return call
+
+
+def check_error(make_call: Callable, window, sink, hq, hkv, d, dtype, device, n=CHECK_TOKENS) -> float:
+    """Largest ||x - ref|| / ||ref|| over the output and the gradients of q, k, v, against float64 dense attention;
+    `make_call(window, sink, n, device)` gives the kernel under test (like `backend_call` without its name)."""
     q, k, v = _qkv(n, hq, hkv, d, dtype, device, grad=True)
     x = _inputs(n, window, sink, device)
-    out = BACKENDS[name](_module(x), q, k, v, None, scaling=d ** -0.5)[0]
+    out = make_call(window, sink, n, device)(q, k, v)
     d_out = torch.randn(out.shape, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(1))
     got = [out.double(), *torch.autograd.grad(out, (q, k, v), d_out)]
     mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, window, sink, x.kind)
@@ -100,36 +123,37 @@ def _causal_cases(q, kk, vv, dout) -> list[tuple]:
     return cases
 
 
-def _swaa_case(name: str, tune: dict | None, window: int | None, sink: int, q, k, v, dout, label: str) -> tuple:
-    """(label, window, sink, fwd, fwd_bwd, float64 check error) of one SWAA backend (flex: with a tuning)."""
-    d, hq, hkv = q.shape[-1], q.shape[1], k.shape[1]
-    module = _module(_inputs(q.shape[2], window, sink, q.device))
+def _swaa_case(make_call: Callable, tune: dict | None, window: int | None, sink: int, q, k, v, dout,
+               label: str) -> tuple:
+    """(label, window, sink, fwd, fwd_bwd, float64 check error) of one kernel: `make_call` as in `check_error`,
+    run within flex `tune` (kernel_options plus an optional compile_mode) when given."""
     tune = dict(tune or {})
-    ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if name == "flex" else \
-        contextlib.nullcontext
+    ctx = functools.partial(flex_tuning, tune, tune.pop("compile_mode", None)) if tune else contextlib.nullcontext
+    try:
+        call = make_call(window, sink, q.shape[2], q.device)
+        with ctx():
+            err = check_error(make_call, window, sink, q.shape[1], k.shape[1], q.shape[-1], q.dtype, q.device)
+    except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
+        log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
+        call, err = None, float("nan")
 
     def fwd():
         with ctx(), torch.no_grad():
-            return BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0]
+            return call(q, k, v)
 
     def fwd_bwd():
         with ctx():
-            BACKENDS[name](module, q, k, v, None, scaling=d ** -0.5)[0].backward(dout)
+            call(q, k, v).backward(dout)
 
-    try:
-        with ctx():
-            err = check_error(name, window, sink, hq, hkv, d, q.dtype, q.device)
-    except Exception:  # a crash is a failed check: reported, not timed, the other kernels still run
-        log.exception("%s W=%s S=%s: correctness check raised", label, window, sink)
-        err = float("nan")
     return label, window, sink, fwd, fwd_bwd, err
 
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
-    """Time causal SDPA, then flash, cudnn (when nvidia-cudnn-frontend is installed) and flex (once per entry of
-    `flex_tunings`: kernel_options plus an optional compile_mode) at each sink count; SWA rows get their time over
-    (visible-pair share x each causal kernel's)."""
+    """Time causal SDPA (and FA4's causal kernels where flash-attn-4 runs), then flash, cudnn (when
+    nvidia-cudnn-frontend is installed), fa4, flex (once per entry of `flex_tunings`: kernel_options plus an optional
+    compile_mode) and, without sinks, FA4's own window at each sink count; SWA rows get their time over (visible-pair
+    share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
@@ -137,16 +161,21 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
     cases = _causal_cases(q, kk, vv, dout)
     fa4 = fa4_unavailable() is None
-    if fa4:  # FlashAttention-4's own causal kernel: flex on its FLASH backend with a causal block mask
-        cases.append(_swaa_case("flex", dict(FA4_KERNEL_OPTIONS), None, 0, q, k, v, dout, label="fa4_causal"))
-    # (label, backend, flex tuning); 'fa4' = flex on FA4 forward and backward (backend 'fa4' uses it forward only)
+    flex = functools.partial(backend_call, "flex")
+    if fa4:  # FlashAttention-4's causal kernel: on flex's FLASH backend with a causal block mask, and its own
+        cases.append(_swaa_case(flex, FA4_KERNEL_OPTIONS, None, 0, q, k, v, dout, label="fa4_causal"))
+        cases.append(_swaa_case(fa4_native_call, None, None, 0, q, k, v, dout, label="fa4_native_causal"))
+    # (label, kernel, flex tuning); 'fa4' = flex on FA4 forward and backward (backend 'fa4' uses it forward only)
     cudnn = importlib.util.find_spec("cudnn") is not None
-    variants = [("flash", "flash", None)] + [("cudnn", "cudnn", None)] * cudnn \
-        + [("fa4", "flex", dict(FA4_KERNEL_OPTIONS))] * fa4 \
-        + [(f"flex {json.dumps(t)}" if flex_tunings else "flex", "flex", t) for t in (flex_tunings or [{}])]
+    variants = [("flash", functools.partial(backend_call, "flash"), None)] \
+        + [("cudnn", functools.partial(backend_call, "cudnn"), None)] * cudnn \
+        + [("fa4", flex, FA4_KERNEL_OPTIONS)] * fa4 \
+        + [(f"flex {json.dumps(t)}" if flex_tunings else "flex", flex, t) for t in (flex_tunings or [{}])]
     for sink in sinks:
-        for label, name, tune in variants:
-            cases.append(_swaa_case(name, tune, window, sink, q, k, v, dout, label))
+        for label, make_call, tune in variants:
+            cases.append(_swaa_case(make_call, tune, window, sink, q, k, v, dout, label))
+        if fa4 and sink == 0:  # FA4's own window, no block mask (it has no sink tokens)
+            cases.append(_swaa_case(fa4_native_call, None, window, 0, q, k, v, dout, label="fa4_native"))
     for name, w, s, fwd, fwd_bwd, err in cases:
         if err is not None and not err < TOLERANCE:
             log.error("%s W=%s S=%s failed the correctness check (rel. error %.2e): not timed", name, w, s, err)
