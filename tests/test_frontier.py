@@ -175,8 +175,29 @@ def test_a_speed_row_of_an_unknown_config_is_an_error_naming_it_the_file_and_the
 def test_a_run_without_an_fa_row_is_an_error_that_says_how_to_get_one(tmp_path):
     no_fa = [r for r in records(tmp_path) if r["config_name"] != "fa"]
     with pytest.raises(ValueError, match=r"run\(s\) \['model.gguf'\] have no full-attention row .* evaluate them "
-                                         r"with config `fa` too, or pass --fa-run"):
+                                         r"with config `fa` too, or pass fa_run naming a run that has one"):
         frontier_table(no_fa, bench_json(), 65536, depth=8)
+
+
+def test_fa_run_errors_name_the_flag_from_the_cli_and_the_argument_from_python(tmp_path, capsys):
+    """An --fa-run that names no run: '--fa-run=...' on the command line, 'fa_run=...' from frontier_table."""
+    evaluated = records(tmp_path)
+    (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
+    assert cli_error(capsys, [str(tmp_path / "results"), "--speed", str(tmp_path / "speed.json"), "--depth", "8",
+                              "--fa-run", "nobody", "--out", str(tmp_path / "out")]).startswith(
+        "python -m swaa.eval.frontier: error: --fa-run='nobody' matches 0 runs []")
+    with pytest.raises(ValueError, match=r"^fa_run='nobody' matches 0 runs \[\]"):
+        frontier_table(evaluated, bench_json(), 65536, depth=8, fa_run="nobody")
+
+
+def test_cli_records_that_lack_record_fields_are_one_error_line_naming_file_and_line(tmp_path, capsys):
+    """A JSON lines file whose rows are not SWAA records (was: "error: 'key'")."""
+    (tmp_path / "speed.json").write_text(json.dumps(bench_json()))
+    (tmp_path / "other.jsonl").write_text('{"key_hash": "a"}\n')
+    assert cli_error(capsys, [str(tmp_path / "other.jsonl"), "--speed", str(tmp_path / "speed.json"), "--out",
+                              str(tmp_path / "out")]) == (
+        f"python -m swaa.eval.frontier: error: {tmp_path / 'other.jsonl'}:1: not a SWAA result record (missing 'key', "
+        f"'config_name', 'accuracy', 'stderr', 'n', 'n_unparsed', 'speed')")
 
 
 def test_no_fa_row_above_zero_is_an_error_that_says_so(tmp_path):

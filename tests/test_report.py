@@ -138,11 +138,28 @@ def test_cli_input_errors_are_parser_errors(tmp_path, capsys):
     for args, message in (([str(tmp_path / "nowhere")], "no results at"),
                           ([str(tmp_path / "empty")], "no results at"),
                           ([str(tmp_path / "empty_file")], "no evaluation records in"),
-                          ([str(tmp_path / "r"), "--fa-run", "nope"], "fa_run='nope' matches 0 runs"),
+                          ([str(tmp_path / "r"), "--fa-run", "nope"], "error: --fa-run='nope' matches 0 runs"),
                           ([str(tmp_path / "r"), "--tasks", ","], "--tasks: got an empty list")):
         with pytest.raises(SystemExit) as e:
             main([*args, "--out", str(tmp_path / "out")])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, name, content, problem", [
+    ("r", "r/results.jsonl", b'{"key_hash": "a", "accuracy": 1.0}\n',
+     "13: not a SWAA result record (missing 'key', 'config_name', 'stderr', 'n', 'n_unparsed', 'speed')"),
+    ("notes.txt", "notes.txt", b"some notes\n", "1: not a JSON record (Expecting value"),
+    ("plot.png", "plot.png", b"\x89PNG\r\n\x1a\n", "1: not a JSON record ('utf-8' codec can't decode")])
+def test_cli_input_that_is_not_results_is_one_error_line_naming_it(tmp_path, capsys, given, name, content, problem):
+    """A result folder with a line that is not a record (after 12 that are), a text file, a binary file: exit 2."""
+    _records(tmp_path / "r", speed=False)
+    with open(tmp_path / name, "ab") as f:
+        f.write(content)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / given), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"python -m swaa.eval.report: error: {tmp_path / name}:{problem}")
 
 
 def test_empty_records():

@@ -119,18 +119,42 @@ def test_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path, capl
 
 
 def test_corrupt_middle_line_is_an_error(tmp_path):
-    path = tmp_path / "results.jsonl"
-    path.write_text('{"key_hash": "a"}\nnot json\n{"key_hash": "b"}\n')
+    _add(ResultStore(tmp_path), _key())
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('not json\n{"key_hash": "b"}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2: not a JSON record"):
         ResultStore(tmp_path)
 
 
-def test_a_line_without_key_hash_is_an_error_naming_file_and_line(tmp_path):
-    path = tmp_path / "results.jsonl"
-    path.write_text('{"key_hash": "a"}\n{"a": 1}\n')
+@pytest.mark.parametrize("line, problem", [
+    ('{"a": 1}', "missing 'key', 'key_hash', 'config_name', 'accuracy', 'stderr', 'n', 'n_unparsed', 'speed'"),
+    ('{"key_hash": "a", "accuracy": 1.0}', "missing 'key', 'config_name', 'stderr', 'n', 'n_unparsed', 'speed'"),
+    ('[1, 2]', "not a JSON object"),
+    ('{"key": "k", "key_hash": "a", "config_name": "c", "accuracy": 1, "stderr": 0, "n": 1, "n_unparsed": 0, '
+     '"speed": null}', "its 'key' is not a JSON object")])
+def test_a_line_that_is_not_a_result_record_is_an_error_naming_file_line_and_what_is_missing(tmp_path, line, problem):
+    _add(ResultStore(tmp_path), _key())
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write(line + "\n")
     for load in (load_records, ResultStore):
-        with pytest.raises(ValueError, match=r"results.jsonl:2: not an evaluation record \(no 'key_hash' field\)"):
+        with pytest.raises(ValueError) as e:
             load(tmp_path)
+        assert str(e.value) == f"{tmp_path / 'results.jsonl'}:2: not a SWAA result record ({problem})"
+
+
+def test_a_record_whose_key_lacks_key_fields_is_an_error_naming_them(tmp_path):
+    record = _add(ResultStore(tmp_path), _key())
+    del record["key"]["task"], record["key"]["length"]
+    (tmp_path / "other.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=r"other.jsonl:1: not a SWAA result record \(its key is missing 'task', "
+                                         r"'length'\)"):
+        load_records(tmp_path / "other.jsonl")
+
+
+def test_a_file_that_is_not_text_is_an_error_naming_it(tmp_path):
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ValueError, match=r"plot.png:1: not a JSON record \('utf-8' codec can't decode"):
+        load_records(tmp_path / "plot.png")
 
 
 def test_later_record_for_the_same_key_wins(tmp_path):

@@ -113,13 +113,14 @@ def speed_rows(bench: dict[str, Any], length: int) -> list[dict[str, Any]]:
 
 
 def frontier_table(records: list[dict[str, Any]], bench: dict[str, Any], length: int, depth: int,
-                   fa_run: str | None = None) -> pd.DataFrame:
-    """One row per evaluated (run, config): % of FA (and se), full fraction, and the matched speed row's speedups."""
-    table = summary_table(records, fa_run)
+                   fa_run: str | None = None, where: str = "fa_run") -> pd.DataFrame:
+    """One row per evaluated (run, config): % of FA (and se), full fraction, and the matched speed row's speedups.
+    `fa_run`, `where`: see `summary_table`."""
+    table = summary_table(records, fa_run, where)
     no_fa = sorted(set(table["run"]) - set(table.loc[table["tag"] == FA_TAG, "run"])) if fa_run is None else []
     if no_fa:
         raise ValueError(f"run(s) {no_fa} have no full-attention row (config tag {FA_TAG!r}) to give '% of FA': "
-                         f"evaluate them with config `fa` too, or pass --fa-run naming a run that has one")
+                         f"evaluate them with config `fa` too, or pass {where} naming a run that has one")
     if "% of FA" not in table:  # summary_table drops the column when no row has one
         raise ValueError(f"no FA row scores above 0 on these cells (runs {sorted(set(table['run']))}): '% of FA' is "
                          f"undefined; choose other --tasks or evaluate a model that solves them under FA")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         check_output_path(args.out, "--out", folder=True)
         bench = load_speed(args.speed)
         records = of_tasks(load_records(args.results), split_values(args.tasks))
-        table = frontier_table(records, bench, args.length, args.depth, args.fa_run)
+        table = frontier_table(records, bench, args.length, args.depth, args.fa_run, "--fa-run")
         paths = write_frontier(table, args.threshold, args.length, args.out)
     except (OSError, ValueError, KeyError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")  # one line, exit 2 like the argument errors above

@@ -68,13 +68,15 @@ def _names(fa_run: str, run: str) -> bool:
     return run == fa_run or run.endswith(f" + {fa_run}")
 
 
-def _fa_reference_run(df: pd.DataFrame, fa_run: str) -> str:
-    """The one run label that `fa_run` names (the label itself or its adapter's name) and that has FA records."""
+def _fa_reference_run(df: pd.DataFrame, fa_run: str, where: str) -> str:
+    """The one run label that `fa_run` names (the label itself or its adapter's name) and that has FA records; errors
+    start with `where`."""
     runs = sorted({run for run in df["run"] if _names(fa_run, run)})
     if len(runs) != 1:
-        raise ValueError(f"fa_run={fa_run!r} matches {len(runs)} runs {runs}; expected one of {sorted(set(df['run']))}")
+        raise ValueError(f"{where}={fa_run!r} matches {len(runs)} runs {runs}; expected one of "
+                         f"{sorted(set(df['run']))}")
     if not ((df["run"] == runs[0]) & (df["tag"] == FA_TAG)).any():
-        raise ValueError(f"fa_run={fa_run!r}: run {runs[0]!r} has no full-attention (tag {FA_TAG!r}) records")
+        raise ValueError(f"{where}={fa_run!r}: run {runs[0]!r} has no full-attention (tag {FA_TAG!r}) records")
     return runs[0]
 
 
@@ -96,17 +98,18 @@ def of_configs_with_fa(records: list[dict[str, Any]], configs: list[str] | None,
     return [r for r in records if keep(r)]
 
 
-def summary_table(records: list[dict[str, Any]], fa_run: str | None = None) -> pd.DataFrame:
+def summary_table(records: list[dict[str, Any]], fa_run: str | None = None, where: str = "fa_run") -> pd.DataFrame:
     """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA' (and its se), n, prefill ms
     per length.
 
     '% of FA' is the mean relative to the mean of the full-attention config (tag 'fa') over the same cells: of the
-    same run, or of the run `fa_run` names (its label or adapter name) for every row. n is the smallest cell's sample
-    count; 'mean se' and '% of FA se' assume independent cells.
+    same run, or of the run `fa_run` names (its label or adapter name; errors about it start with `where`) for every
+    row. n is the smallest cell's sample count; 'mean se' and '% of FA se' assume independent cells.
     """
     df = records_frame(records)
     fa = {run: g.set_index("cell")[["accuracy", "stderr"]] for run, g in df[df["tag"] == FA_TAG].groupby("run")}
-    reference = {run: run for run in fa} if fa_run is None else dict.fromkeys(df["run"], _fa_reference_run(df, fa_run))
+    reference = {run: run for run in fa} if fa_run is None else \
+        dict.fromkeys(df["run"], _fa_reference_run(df, fa_run, where))
     cells = list(dict.fromkeys(df["cell"]))
     lengths = [x for x in dict.fromkeys(df["length"]) if x is not None and not pd.isna(x)]
     table_rows = []
@@ -218,12 +221,13 @@ def _save_png(fig: Figure, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def write_report(records: list[dict[str, Any]], out_dir: str | Path, fa_run: str | None = None) -> dict[str, Path]:
+def write_report(records: list[dict[str, Any]], out_dir: str | Path, fa_run: str | None = None,
+                 where: str = "fa_run") -> dict[str, Path]:
     """Write table.md, table.csv, accuracy.png and (with speed data) speed.png to `out_dir`; returns the paths.
-    `fa_run`: see `summary_table`."""
+    `fa_run`, `where`: see `summary_table`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(records, fa_run)
+    table = summary_table(records, fa_run, where)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "accuracy_plot": out / "accuracy.png"}
     write_atomic(paths["markdown"], markdown_table(table))
     write_atomic(paths["csv"], table.to_csv(index=False))
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.configs is not None and not any(r["key"]["swaa_tag"] == FA_TAG for r in records):
             log.warning("no FA row among --configs %s: '%% of FA' stays empty; list fa too, or pass --fa-run",
                         " ".join(split_values(args.configs)))
-        paths = write_report(records, args.out, args.fa_run)
+        paths = write_report(records, args.out, args.fa_run, "--fa-run")
     except (OSError, ValueError) as e:
         parser.error(str(e))
     print(paths["markdown"].read_text(), end="")

@@ -28,6 +28,8 @@ KEY_FIELDS = ("model", "model_id", "adapter", "adapter_id", "swaa_tag", "swaa", 
 """Every field of a record key; two cells share a record only if all of them are equal."""
 DEFAULTED_KEY_FIELDS = {"backend": "auto"}
 """Key fields left out of the key at their default value, so records made before the field existed keep their keys."""
+RECORD_FIELDS = ("key", "key_hash", "config_name", "accuracy", "stderr", "n", "n_unparsed", "speed")
+"""The fields of a result record that its readers use (ResultStore.add writes these and more)."""
 
 
 def _digest(text: str) -> str:
@@ -107,9 +109,22 @@ def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def read_jsonl(path: str | Path, field: str | None = None) -> list[dict[str, Any]]:
+def _record_problem(record: Any) -> str | None:
+    """What keeps `record` from being a SWAA result record (a missing field or key field); None if nothing."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [name for name in RECORD_FIELDS if name not in record]
+    if missing:
+        return f"missing {', '.join(map(repr, missing))}"
+    if not isinstance(record["key"], dict):
+        return "its 'key' is not a JSON object"
+    missing = [name for name in KEY_FIELDS if name not in record["key"]]
+    return f"its key is missing {', '.join(map(repr, missing))}" if missing else None
+
+
+def read_jsonl(path: str | Path, results: bool = False) -> list[dict[str, Any]]:
     """Records of a JSONL file, gzip-compressed if its name ends in .gz; a torn last line (a crash mid-write) is
-    skipped with a warning. With `field`, a line that is not an object holding it is an error."""
+    skipped with a warning. With `results`, a line that is not a SWAA result record is an error."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -127,10 +142,11 @@ def read_jsonl(path: str | Path, field: str | None = None) -> list[dict[str, Any
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}:{number}: not a JSON record ({e}); the results file is corrupt") from e
-        if field is not None and not (isinstance(records[-1], dict) and field in records[-1]):
-            raise ValueError(f"{path}:{number}: not an evaluation record (no {field!r} field)")
+        problem = _record_problem(records[-1]) if results else None
+        if problem:
+            raise ValueError(f"{path}:{number}: not a SWAA result record ({problem})")
     return records
 
 
@@ -142,7 +158,7 @@ class ResultStore:
         self.path = self.dir / RESULTS_FILE
         self._records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            for record in read_jsonl(self.path, "key_hash"):
+            for record in read_jsonl(self.path, results=True):
                 self._records[record["key_hash"]] = record
 
     def records(self) -> list[dict[str, Any]]:
@@ -200,7 +216,7 @@ def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any
         file = p / RESULTS_FILE if p.is_dir() else p
         if not file.is_file():
             raise FileNotFoundError(f"no results at {p} (expected a {RESULTS_FILE} file or a folder holding one)")
-        records = read_jsonl(file, "key_hash")
+        records = read_jsonl(file, results=True)
         if not records:
             raise ValueError(f"no evaluation records in {file}")
         for record in records:
