@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from swaa.attention import BACKENDS
-from swaa.cli import given_values, int_values
+from swaa.cli import exit_input_error, given_values, int_at_least, int_values
 from swaa.config import presets_with
-from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, GridSettings, select_grid
+from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
 from swaa.files import check_output_path
 from swaa.generation import DECODE_MODES
+from swaa.models import check_device
 
 # the embedded model's FA teacher (RESULTS.md): without it SmolLM2 fails most long-context tasks even with FA
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
@@ -41,11 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "swaa/presets.yaml (its own win on a shared name)")
     p.add_argument("--tasks", nargs="+", help="synthetic tasks, space or comma separated (default: from the grid)")
     p.add_argument("--lengths", nargs="+", help="prompt lengths in tokens, space or comma separated (default: grid)")
-    p.add_argument("--n", type=int, help="samples per task and length (default: grid), or the first n rows of --data "
-                                         "(default: all)")
+    p.add_argument("--n", type=int_at_least(1), help="samples per task and length (default: grid), or the first n "
+                                                      "rows of --data (default: all)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-new-tokens", type=int_at_least(1))
+    p.add_argument("--batch-size", type=int_at_least(1))
     p.add_argument("--data", help="evaluation file (.parquet, .jsonl or .json; data/README.md) instead of synthetic "
                                   "tasks")
     p.add_argument("--scorer", help="override every sample's scorer (e.g. contains, or judge with --judge-model)")
@@ -65,8 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.adapter = str(DEFAULT_ADAPTER)
     elif args.adapter == "none":
         args.adapter = None
-    args.lengths = int_values(p, "--lengths", args.lengths)
+    args.lengths = int_values(p, "--lengths", args.lengths, 1)
+    if args.data and (args.tasks or args.lengths):
+        p.error(f"--data {args.data}: a data file brings its own samples; do not also give --tasks or --lengths")
+    if args.scorer == JUDGE and args.judge_model is None:
+        p.error(f"--scorer {JUDGE}: needs --judge-model, the model that judges the answers")
+    if args.judge_model is not None and args.scorer != JUDGE:
+        p.error(f"--judge-model {args.judge_model}: needs --scorer {JUDGE}"
+                + (f", got --scorer {args.scorer}" if args.scorer else ""))
     try:
+        check_device(args.device, "--device")
         presets_with(args.presets)  # read (and checked) even when no name of it is used
     except ValueError as e:
         p.error(str(e))
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         records = run_grid(configs, settings, args.model, args.adapter)
         paths = write_report(records, args.out)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"evaluate.py: error: {e}")
+        exit_input_error("evaluate.py", e)
     except KeyboardInterrupt:
         results = Path(args.out) / RESULTS_FILE  # written from the first finished cell on
         if results.is_file() and results.stat().st_size:

@@ -120,7 +120,7 @@ class SWAAConfig:
         """Build from a mapping; unknown keys are an error that names them."""
         if not isinstance(data, dict):
             raise ValueError(f"SWAA config must be a mapping of {sorted(_FIELDS)}, got {data!r}")
-        unknown = sorted(set(data) - _FIELDS)
+        unknown = sorted(set(data) - _FIELDS, key=str)  # YAML keys may be numbers, dates or null too
         if unknown:
             raise ValueError(f"unknown SWAA config key(s) {unknown}; allowed: {sorted(_FIELDS)}")
         return cls(**data)
@@ -153,19 +153,44 @@ def check_depth(configs: dict[str, SWAAConfig], depth: int, where: str = "config
             raise ValueError(f"{where} {name}: {e}") from e
 
 
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    """A YAML parse error of `text` in one line: 'invalid YAML at line L, column C (what)', counted from 1."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        line, column, what = mark.line + 1, mark.column + 1, e.problem
+        context = getattr(e, "context_mark", None)
+        if context is not None and e.context and (context.line, context.column) != (mark.line, mark.column):
+            what += f"; {e.context} at line {context.line + 1}, column {context.column + 1}"
+    elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow: an offset, no mark
+        before = text[:e.position]
+        line, column, what = before.count("\n") + 1, len(before) - before.rfind("\n"), str(e).splitlines()[0]
+    else:
+        return f"invalid YAML ({' '.join(str(e).split())})"
+    return f"invalid YAML at line {line}, column {column} ({what})"
+
+
 def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
-    """Read a YAML file mapping preset names to SWAA configs; None reads the presets bundled with the package."""
+    """Read a YAML file mapping preset names to SWAA configs; None reads the presets bundled with the package.
+    Errors are one line starting with the file."""
     source = Path(path) if path is not None else resources.files("swaa") / PRESETS_FILE
     try:
-        data = yaml.safe_load(source.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read SWAA presets file {source}: {e}") from e
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{source}: cannot read SWAA presets file ({e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: {_yaml_problem(e, text)}") from e
+    except RecursionError as e:
+        raise ValueError(f"{source}: invalid YAML (nested too deeply to read)") from e
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{source}: expected a non-empty mapping of preset name -> SWAA config")
     presets = {}
     for name, cfg in data.items():
+        if not isinstance(name, str):  # e.g. yes, no, null or 1 as a name, which YAML reads as bool, None or int
+            raise ValueError(f"{source}: preset name {name!r} is not a string; quote it")
         try:
-            presets[str(name)] = SWAAConfig.from_dict(cfg or {})
+            presets[name] = SWAAConfig.from_dict({} if cfg is None else cfg)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: preset {name!r}: {e}") from e
     return presets
@@ -173,10 +198,16 @@ def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
 
 def presets_with(path: str | Path | None, where: str = "--presets") -> dict[str, SWAAConfig]:
     """The bundled presets plus those of the YAML file `path` (its names win); the bundled ones alone for None.
-    A `path` that is not a file is a ValueError naming `where` and the path."""
-    if path is not None and not Path(path).is_file():
+    A `path` that is not a file, or not a presets YAML, is a one-line ValueError naming `where` and the path."""
+    if path is None:
+        return load_presets()
+    if not Path(path).is_file():
         raise ValueError(f"{where} {path}: no such file")
-    return {**load_presets(), **(load_presets(path) if path is not None else {})}
+    try:
+        extra = load_presets(path)
+    except ValueError as e:
+        raise ValueError(f"{where} {e}") from e
+    return {**load_presets(), **extra}
 
 
 def resolve_swaa(spec: SWAAConfig | dict | str | None, presets: dict[str, SWAAConfig] | None = None,

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from swaa.attention import BACKENDS
 from swaa.checkpoints import load_adapter
-from swaa.cli import given_values, int_values
+from swaa.cli import exit_input_error, given_values, int_at_least, int_values
 from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
@@ -47,11 +47,13 @@ log = logging.getLogger(__name__)
 CRITERIA = ("greedy", "sensitivity")
 TRAINING_TASKS = tuple(inspect.signature(SyntheticDataModule).parameters["tasks"].default)
 CONTEXT_ROOM = 256  # tokens the default calibration length leaves for the chat template and the answer
+PROG = "python -m swaa.select"  # the command's name in its usage and error lines
 
 
-def resolve_budget(budget: int | float | Fraction | str, depth: int) -> int:
+def resolve_budget(budget: int | float | Fraction | str, depth: int, where: str = "budget") -> int:
     """Number of full layers: a count in 1..depth-1, or a fraction in (0, 1) of `depth` rounded down (so 1/4 of 30
-    layers is 7, as many as `every:4:from:3`). Strings: '2' is a count, '0.25' and '1/4' are fractions."""
+    layers is 7, as many as `every:4:from:3`). Strings: '2' is a count, '0.25' and '1/4' are fractions. Errors name
+    `where`."""
     if depth < 2:
         raise ValueError(f"the model has {depth} layer{'s' * (depth != 1)}: choosing full layers needs a model "
                          "with >= 2 layers")
@@ -65,28 +67,28 @@ def resolve_budget(budget: int | float | Fraction | str, depth: int) -> int:
         else:
             value = budget if isinstance(budget, int) else Fraction(str(budget))  # str: 0.3 is 3/10, not below
     except (TypeError, ValueError, ZeroDivisionError):
-        raise ValueError(f"budget={budget!r}: expected {allowed}") from None
+        raise ValueError(f"{where}={budget!r}: expected {allowed}") from None
     if isinstance(value, int):
         count = value
     elif 0 < value < 1:
         count = math.floor(value * depth)
     else:
-        raise ValueError(f"budget={budget!r}: expected {allowed}")
+        raise ValueError(f"{where}={budget!r}: expected {allowed}")
     if not 1 <= count <= depth - 1:
         what = "no full layer" if count < 1 else "every layer full (plain full attention)" if count == depth else \
             f"{count} full layers"
-        raise ValueError(f"budget={budget!r} means {what}; expected {allowed}")
+        raise ValueError(f"{where}={budget!r} means {what}; expected {allowed}")
     return count
 
 
-def distinct_budgets(budgets: list[str], depth: int) -> list[int]:
+def distinct_budgets(budgets: list[str], depth: int, where: str = "budget") -> list[int]:
     """Layer counts of several budgets, largest first (greedy's larger runs contain the smaller ones' steps); two
-    budgets of the same count are an error."""
-    counts = [resolve_budget(b, depth) for b in budgets]
+    budgets of the same count are an error. Errors name `where`."""
+    counts = [resolve_budget(b, depth, where) for b in budgets]
     for i, count in enumerate(counts):
         if count in counts[:i]:
-            raise ValueError(f"budget={budgets[i]!r} and budget={budgets[counts.index(count)]!r} both mean {count} of "
-                             f"the {depth} layers; give each count once")
+            raise ValueError(f"{where}={budgets[i]!r} and {where}={budgets[counts.index(count)]!r} both mean {count} "
+                             f"of the {depth} layers; give each count once")
     return sorted(counts, reverse=True)
 
 
@@ -445,13 +447,14 @@ def write_selections(selections: list[Selection], out: str | Path, name: str | N
 # -- command line -----------------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m swaa.select", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Hugging Face folder, .gguf file or tiny:<family>:<layers>:<vocab> "
                                    "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--adapter", help="LoRA adapter: a peft folder or a train.py .ckpt (default: none)")
-    p.add_argument("--window", type=int, required=True, help="W of the SWA layers")
-    p.add_argument("--sink", type=int, default=0, help="S, sink tokens of the SWA layers (default: %(default)s)")
+    p.add_argument("--window", type=int_at_least(1), required=True, help="W of the SWA layers")
+    p.add_argument("--sink", type=int_at_least(0), default=0,
+                   help="S, sink tokens of the SWA layers (default: %(default)s)")
     p.add_argument("--fa-decode", action=argparse.BooleanOptionalAction, default=True,
                    help="answer rows use full attention in SWA layers (default: on)")
     p.add_argument("--budget", required=True, nargs="+",
@@ -466,9 +469,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                 "(default: 8 W, at least 512, within the model's context)")
     p.add_argument("--data", help="calibration file (.jsonl/.parquet/.json with prompt and answer) instead of the "
                                   "synthetic tasks")
-    p.add_argument("--n", type=int, default=8, help="calibration samples (default: %(default)s)")
+    p.add_argument("--n", type=int_at_least(1), default=8, help="calibration samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=4, help="samples per forward (default: %(default)s)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4,
+                   help="samples per forward (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=sorted(BACKENDS),
                    help="SWAA attention backend (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -478,7 +482,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(.passes.json: the same command resumes from it) go beside it")
     args = p.parse_args(argv)
     args.tasks, args.budget = given_values(p, "--tasks", args.tasks), given_values(p, "--budget", args.budget)
-    args.lengths = int_values(p, "--lengths", args.lengths)
+    args.lengths = int_values(p, "--lengths", args.lengths, 1)
+    if args.data and (args.tasks or args.lengths):
+        p.error(f"--data {args.data}: a calibration file brings its own samples; do not also give --tasks or "
+                "--lengths")
     return args
 
 
@@ -491,8 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_output_path(args.out, "--out")
         config = load_config(args.model)
-        budgets = distinct_budgets(args.budget, config.num_hidden_layers)  # cheap checks before data and weights
-        SWAAConfig(window=args.window, sink=args.sink, fa_decode=args.fa_decode)
+        budgets = distinct_budgets(args.budget, config.num_hidden_layers, "--budget")  # before data and weights
         check_backends([args.backend], check_device(args.device, "--device"), "--backend")  # before the passes file
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
@@ -511,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
                                          args.backend, measured=measured) for budget in budgets]
         paths = write_selections(selections, args.out, args.name, meta)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"swaa.select: error: {e}")
+        exit_input_error(PROG, e)
     except KeyboardInterrupt:
         if measured is not None:
             log.error("interrupted: %d passes are saved in %s; the same command resumes from them", len(measured),

@@ -78,6 +78,43 @@ def test_presets_with_a_missing_file_names_the_flag_and_path(tmp_path):
         presets_with(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("a:\n\twindow: 8\n", "invalid YAML at line 2, column 1 (found character '\\t' that cannot start any token)"),
+    ("a: {window: 8\n", "invalid YAML at line 2, column 1 (expected ',' or '}', but got '<stream end>'; while "
+                        "parsing a flow mapping at line 1, column 4)"),
+    ("a: {window: 8}\x01\n", "invalid YAML at line 1, column 15 (unacceptable character #x0001: special characters are "
+                             "not allowed)"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML (nested too deeply to read)"),  # was a RecursionError
+], ids=["tab-indented", "unbalanced", "control-character", "nested-too-deeply"])
+def test_presets_with_invalid_yaml_is_one_line_naming_the_flag_file_and_position(tmp_path, text, problem):
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        presets_with(path)
+    assert str(err.value) == f"--presets {path}: {problem}"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("- a\n- b\n", "expected a non-empty mapping of preset name -> SWAA config"),
+    ("a: 0\n", "preset 'a': SWAA config must be a mapping of"),  # a falsy value is not full attention
+    ("yes: {window: 8}\n", "preset name True is not a string; quote it"),  # YAML 1.1 reads yes as a bool
+    ("a: {window: 8, 1: 2, x: 3}\n", r"preset 'a': unknown SWAA config key(s) [1, 'x']"),
+], ids=["list", "falsy-config", "bool-name", "mixed-keys"])
+def test_presets_with_yaml_that_is_not_presets_names_the_flag_and_file(tmp_path, text, problem):
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        presets_with(path)
+    assert str(err.value).startswith(f"--presets {path}: {problem}")
+
+
+def test_presets_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_bytes(b"a: {window: 8}\n\xff\n")
+    with pytest.raises(ValueError, match=r"^--presets .*my\.yaml: cannot read SWAA presets file \('utf-8' codec"):
+        presets_with(path)
+
+
 def test_resolve_swaa_presets_json_and_errors():
     assert resolve_swaa(None).window is None
     assert resolve_swaa("sink_fa_decode") == load_presets()["sink_fa_decode"]

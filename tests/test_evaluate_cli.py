@@ -1,6 +1,7 @@
 """evaluate.py: bad input exits with a clear message before loading a model; a tiny run prints the table; Ctrl-C
 exits 130 with one line, and the same command resumes."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,50 +24,78 @@ def no_loading(monkeypatch):
         monkeypatch.setattr(runner, name, forbidden)
 
 
+def error_line(capsys, argv: list[str]) -> str:
+    """The last stderr line of evaluate.py run with `argv`, which must end with exit status 2 (a bad input)."""
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "passkey", "bogus"], r"unknown task\(s\) \['bogus'\]"),
     (["--swaa", "fa,bogus"], r"unknown SWAA preset 'bogus'"),
     (["--scorer", "bogus"], r"unknown scorer 'bogus'"),
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
     (["--swaa", "missing_grid.yaml"], r"cannot read grid file missing_grid.yaml"),
-    (["--n", "0"], r"n=0: expected an int >= 1"),
     (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
-    (["--data", "q.jsonl", "--tasks", "passkey"], "a data file brings its own samples"),
 ])
-def test_bad_input_exits_before_loading(no_loading, argv, message):
-    with pytest.raises(SystemExit, match=message) as exc:
-        evaluate.main(argv)
-    assert str(exc.value.code).startswith("evaluate.py: error:")
+def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
+    line = error_line(capsys, argv)
+    assert line.startswith("evaluate.py: error:") and re.search(message, line)
 
 
-@pytest.mark.parametrize("flag", ["--configs", "--tasks"])
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+    (["--max-new-tokens", "0"], "argument --max-new-tokens: expected an integer >= 1, got '0'"),
+    (["--batch-size", "-2"], "argument --batch-size: expected an integer >= 1, got '-2'"),
+    (["--lengths", "256,0"], "--lengths: expected an integer >= 1, got '0'"),
+    (["--data", "q.jsonl", "--tasks", "passkey"], "--data q.jsonl: a data file brings its own samples; do not also "
+                                                  "give --tasks or --lengths"),
+    (["--scorer", "judge"], "--scorer judge: needs --judge-model, the model that judges the answers"),
+    (["--judge-model", "j", "--scorer", "contains"], "--judge-model j: needs --scorer judge, got --scorer contains"),
+    (["--device", "bogus"], "--device='bogus': expected a torch device such as cpu, cuda or cuda:1"),
+])
+def test_bad_flag_values_name_the_flag_value_and_range(no_loading, capsys, argv, message):
+    """Errors name the flags the user typed (not GridSettings' n=, data_file=, scorer=, judge_model=, device=)."""
+    assert error_line(capsys, argv).endswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("flag", ["--configs", "--tasks", "--lengths"])
 def test_option_given_without_values_is_an_error(flag, no_loading, tmp_path, capsys):
     """'--configs ,' (every value empty) must not fall back to every configuration."""
-    with pytest.raises(SystemExit) as exc:
-        evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", flag, ",", "--out", str(tmp_path)])
-    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"{flag}: no values given")
+    argv = ["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", flag, ",", "--out", str(tmp_path)]
+    assert error_line(capsys, argv).endswith(f"{flag}: no values given")
 
 
 def test_missing_presets_file_exits_2_before_loading(no_loading, tmp_path, capsys):
     """--presets naming no file is an input error even when no preset name is used (here: inline JSON only)."""
     missing = tmp_path / "missing.yaml"
+    argv = ["--presets", str(missing), "--swaa", '{"window": 64}', "--out", str(tmp_path / "out")]
+    assert error_line(capsys, argv).endswith(f"error: --presets {missing}: no such file")
+
+
+def test_invalid_presets_yaml_is_one_line_with_its_position(no_loading, tmp_path, capsys):
+    """A tab-indented presets file: one line naming the flag, the file and where, not the YAML library's report."""
+    presets = tmp_path / "my.yaml"
+    presets.write_text("mine:\n\twindow: 64\n")
     with pytest.raises(SystemExit) as exc:
-        evaluate.main(["--presets", str(missing), "--swaa", '{"window": 64}', "--out", str(tmp_path / "out")])
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --presets {missing}: no such file")
+        evaluate.main(["--presets", str(presets), "--swaa", "mine", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2 and err[-1].endswith(f"error: --presets {presets}: invalid YAML at line 2, column 1 "
+                                                    "(found character '\\t' that cannot start any token)")
+    assert not any("^" in line or "<unicode string>" in line for line in err)
 
 
-def test_bad_data_file_exits_before_loading(no_loading, tmp_path):
+def test_bad_data_file_exits_2_before_loading(no_loading, tmp_path, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"prompt": "q?"}\n')
-    with pytest.raises(SystemExit, match=r"missing field\(s\) 'answer' \(or 'answers'\)"):
-        evaluate.main(["--data", str(data)])
+    assert re.search(r"missing field\(s\) 'answer' \(or 'answers'\)", error_line(capsys, ["--data", str(data)]))
     data.write_text("{not json\n")
-    with pytest.raises(SystemExit, match="cannot read it as jsonl"):
-        evaluate.main(["--data", str(data)])
+    assert "cannot read it as jsonl" in error_line(capsys, ["--data", str(data)])
 
 
-def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch):
+def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch, capsys):
     """The grid's n (2 in the default grid) is for synthetic tasks: --data takes every row, --n the first n."""
     seen = []
 
@@ -76,18 +105,17 @@ def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch):
 
     monkeypatch.setattr(evaluate, "run_grid", settings_of)
     for argv in (["--data", "qa.jsonl"], ["--data", "qa.jsonl", "--n", "3"]):
-        with pytest.raises(SystemExit, match="stop here"):
-            evaluate.main(argv)
+        assert error_line(capsys, argv) == "evaluate.py: error: stop here"
     assert seen == [None, 3]
 
 
-def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch, tmp_path):
+def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch, tmp_path, capsys):
     """A grid whose second config names layer 5 of a 2-layer model fails before the first config is evaluated."""
     monkeypatch.setattr(runner, "load_tokenizer", lambda path: (_ for _ in ()).throw(AssertionError("loaded")))
     swaa = '{"a": {}, "b": {"window": 8, "full_layers": [5]}}'
-    with pytest.raises(SystemExit, match=r"config b: SWAAConfig.full_layers: layer indices \[5\] out of range"):
-        evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", swaa, "--tasks", "passkey", "--lengths", "256",
-                       "--n", "1", "--out", str(tmp_path)])
+    line = error_line(capsys, ["--model", "tiny:llama:2:49152", "--swaa", swaa, "--tasks", "passkey", "--lengths",
+                               "256", "--n", "1", "--out", str(tmp_path)])
+    assert re.search(r"config b: SWAAConfig.full_layers: layer indices \[5\] out of range", line)
     assert not (tmp_path / "results.jsonl").exists()
 
 

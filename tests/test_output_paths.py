@@ -30,11 +30,15 @@ def test_entry_points_check_their_output_before_the_work(tmp_path, monkeypatch, 
     afile = tmp_path / "afile"
     afile.write_text("x")
     monkeypatch.setattr(evaluate, "run_grid", lambda *a: pytest.fail("evaluated before the output check"))
-    with pytest.raises(SystemExit, match="--out .*afile: is a file"):
+    with pytest.raises(SystemExit) as exc:
         evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa", "--out", str(afile)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"--out {afile}: is a file; expected a folder path")
     monkeypatch.setattr(swaa.select, "load_config", lambda *a: pytest.fail("loaded before the output check"))
-    with pytest.raises(SystemExit, match="--out .*: is a folder"):
+    with pytest.raises(SystemExit) as exc:
         swaa.select.main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"--out {tmp_path}: is a folder; expected a file path")
     with pytest.raises(ValueError, match="--out .*afile: is a file"):
         export(tmp_path / "missing.ckpt", afile)
     monkeypatch.setattr(swaa.eval.report, "load_records", lambda *a: pytest.fail("read before the output check"))

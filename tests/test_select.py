@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ import swaa.select as select
 from swaa.config import SWAAConfig, load_presets, resolve_swaa
 from swaa.eval.grid import parse_swaa_spec
 from swaa.integration import apply_swaa, remove_swaa
-from swaa.select import (CalibrationBatch, answer_nll, calibration_samples, encode_samples, main, make_batches,
-                         passes_fingerprint, periodic_layers, resolve_budget, select_full_layers)
+from swaa.select import (CalibrationBatch, answer_nll, calibration_samples, distinct_budgets, encode_samples, main,
+                         make_batches, passes_fingerprint, periodic_layers, resolve_budget, select_full_layers)
 
 IGNORE = -100
 
@@ -28,6 +29,13 @@ def test_budget_is_a_count_or_a_fraction_rounded_down(budget, depth, count):
 def test_budget_out_of_range_names_the_value_and_range(budget):
     with pytest.raises(ValueError, match=r"budget=.*1\.\.7 .*\(0, 1\) of the 8 layers"):
         resolve_budget(budget, 8)
+
+
+def test_budget_errors_name_where_it_came_from():
+    with pytest.raises(ValueError, match=r"^--budget='0' means no full layer; expected a count in 1\.\.7"):
+        resolve_budget("0", 8, "--budget")
+    with pytest.raises(ValueError, match=r"^--budget='2' and --budget='1/4' both mean 2 of the 8 layers"):
+        distinct_budgets(["1/4", "2"], 8, "--budget")
 
 
 def test_one_layer_model_is_an_error():
@@ -218,26 +226,50 @@ def test_cli_rerun_with_other_budgets_removes_only_the_earlier_runs_outputs(tmp_
     assert all((tmp_path / name).read_text() == "not select's\n" for name in others)
 
 
+def error_line(capsys, argv: list[str]) -> str:
+    """The last stderr line of swaa.select run with `argv`, which must end with exit status 2 (a bad input)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--budget", "1/4", "1"], r"budget='1' and budget='1/4' both mean 1 of the 4 layers"),
-    (["--budget", "4"], r"budget='4' means every layer full .* 1\.\.3"),
-    (["--budget", "0"], r"budget='0' means no full layer"),
+    (["--budget", "1/4", "1"], r"--budget='1' and --budget='1/4' both mean 1 of the 4 layers"),
+    (["--budget", "4"], r"--budget='4' means every layer full .* 1\.\.3"),
+    (["--budget", "0"], r"--budget='0' means no full layer; expected a count in 1\.\.3 or a fraction in \(0, 1\)"),
     (["--budget", "1", "--model", "tiny:llama:1:49152"], r"1 layer"),
     (["--budget", "1", "--device", "bogus"], r"--device='bogus': expected a torch device"),
     (["--budget", "1", "--model", "tiny:llama:4:256"], r"vocab 256 is smaller than the SmolLM2 tokenizer's"),
 ])
-def test_cli_errors_name_the_field_and_range(argv, message, tmp_path):
-    with pytest.raises(SystemExit, match=message):
-        main(["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"), *argv])
+def test_cli_errors_name_the_flag_and_range_and_exit_2(argv, message, tmp_path, capsys):
+    line = error_line(capsys, ["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"),
+                               *argv])
+    assert line.startswith("python -m swaa.select: error: ") and re.search(message, line)
 
 
-@pytest.mark.parametrize("flag", ["--budget", "--tasks"])
+@pytest.mark.parametrize("argv, message", [
+    (["--window", "0"], "argument --window: expected an integer >= 1, got '0'"),
+    (["--sink", "-1"], "argument --sink: expected an integer >= 0, got '-1'"),
+    (["--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--lengths", "160,0"], "--lengths: expected an integer >= 1, got '0'"),
+    (["--data", "q.jsonl", "--tasks", "passkey"], "--data q.jsonl: a calibration file brings its own samples; do not "
+                                                  "also give --tasks or --lengths"),
+])
+def test_cli_bad_values_name_the_flag_before_the_model_is_read(argv, message, tmp_path, capsys, monkeypatch):
+    """Not n=0, make_batches' batch_size or SWAAConfig.window: the flag, its value and range, before any loading."""
+    monkeypatch.setattr(select, "load_config", lambda *a: pytest.fail("the model config was read before the error"))
+    argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--out", str(tmp_path / "x.yaml"),
+            *argv]
+    assert error_line(capsys, argv) == f"python -m swaa.select: error: {message}"
+
+
+@pytest.mark.parametrize("flag", ["--budget", "--tasks", "--lengths"])
 def test_cli_option_given_without_values_is_an_error(flag, tmp_path, capsys):
     """'--tasks ,' (every value empty) must not fall back to the defaults."""
     argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"), "--budget", "1"]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, flag, ","])
-    assert exit_info.value.code == 2 and f"{flag}: no values given" in capsys.readouterr().err
+    assert error_line(capsys, [*argv, flag, ","]).endswith(f"{flag}: no values given")
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -270,22 +302,22 @@ def test_cli_interrupted_selection_resumes_from_its_saved_passes(tmp_path, monke
     assert "holds passes of another model, adapter, settings or calibration data" in caplog.text
 
 
-def test_cli_backend_the_device_cannot_run_is_an_error_that_keeps_the_saved_passes(tmp_path):
+def test_cli_backend_the_device_cannot_run_is_an_error_that_keeps_the_saved_passes(tmp_path, capsys):
     """--backend flash on CPU: one error line before the passes file is opened (it would be replaced by a file of
     the new settings' fingerprint)."""
     passes = tmp_path / "sel.passes.json"
     passes.write_text('{"fingerprint": "earlier", "passes": []}')
-    with pytest.raises(SystemExit, match=r"--backend flash: not available on cpu \(backend 'flash' needs a CUDA"):
-        main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--device", "cpu", "--backend",
-              "flash", "--out", str(tmp_path / "sel.yaml")])
+    line = error_line(capsys, ["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--device", "cpu",
+                               "--backend", "flash", "--out", str(tmp_path / "sel.yaml")])
+    assert re.search(r"--backend flash: not available on cpu \(backend 'flash' needs a CUDA", line)
     assert passes.read_text() == '{"fingerprint": "earlier", "passes": []}'
 
 
-def test_cli_unreadable_passes_file_is_an_error_naming_it(tmp_path):
+def test_cli_unreadable_passes_file_is_an_error_naming_it(tmp_path, capsys):
     (tmp_path / "sel.passes.json").write_text('{"fingerprint": "x", "passes": [[')
-    with pytest.raises(SystemExit, match=r"sel\.passes\.json: not a swaa\.select passes file .*remove it"):
-        main(["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--tasks", "passkey", "--lengths",
-              "160", "--n", "2", "--out", str(tmp_path / "sel.yaml")])
+    line = error_line(capsys, ["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--tasks",
+                               "passkey", "--lengths", "160", "--n", "2", "--out", str(tmp_path / "sel.yaml")])
+    assert re.search(r"sel\.passes\.json: not a swaa\.select passes file .*remove it", line)
 
 
 def test_passes_fingerprint_follows_settings_adapter_files_and_tokens(tmp_path):

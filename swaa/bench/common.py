@@ -14,6 +14,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from swaa.cli import int_at_least
 from swaa.files import write_atomic
 from swaa.fusion import fusion_unavailable
 from swaa.tiny import SPEC_HELP, is_tiny_spec, tiny_config
@@ -108,18 +109,6 @@ def check_fusion(how: str, flag: str = "--fuse") -> None:
     """Before any work: a ValueError naming `flag` when fusion `how` cannot be applied here."""
     if (reason := fusion_unavailable(how)) is not None:
         raise ValueError(f"{flag} {how}: {reason}")
-
-
-def int_at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= `low` (argparse's error names the option)."""
-    def parse(text: str) -> int:
-        try:
-            if int(text) >= low:
-                return int(text)
-        except ValueError:
-            pass
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-    return parse
 
 
 def int_list(text: str) -> list[int]:
