@@ -8,7 +8,7 @@ import datetime
 import importlib.metadata
 import json
 import platform
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers
