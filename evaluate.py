@@ -18,13 +18,14 @@ import torch
 from swaa.attention import BACKENDS
 from swaa.cli import exit_input_error, given_values, int_at_least, int_values
 from swaa.config import presets_with
-from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, select_grid
+from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, check_tasks, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
 from swaa.files import check_output_path
 from swaa.generation import DECODE_MODES
 from swaa.models import check_device
+from swaa.tasks.scorers import SCORERS
 
 # the embedded model's FA teacher (RESULTS.md): without it SmolLM2 fails most long-context tasks even with FA
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "teacher_fa"
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int_at_least(1))
     p.add_argument("--data", help="evaluation file (.parquet, .jsonl or .json; data/README.md) instead of synthetic "
                                   "tasks")
-    p.add_argument("--scorer", help="override every sample's scorer (e.g. contains, or judge with --judge-model)")
+    p.add_argument("--scorer", choices=list(SCORERS),
+                   help="override every sample's scorer (judge needs --judge-model)")
     p.add_argument("--judge-model", help="model that judges answers when --scorer judge")
     p.add_argument("--speed", action="store_true", help="also time prefill and decode per config and length")
     p.add_argument("--decode", choices=DECODE_MODES, default="generate",
@@ -75,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--judge-model {args.judge_model}: needs --scorer {JUDGE}"
                 + (f", got --scorer {args.scorer}" if args.scorer else ""))
     try:
+        check_tasks(args.tasks or [], "--tasks")
         check_device(args.device, "--device")
         presets_with(args.presets)  # read (and checked) even when no name of it is used
     except ValueError as e:

@@ -153,7 +153,7 @@ def check_depth(configs: dict[str, SWAAConfig], depth: int, where: str = "config
             raise ValueError(f"{where} {name}: {e}") from e
 
 
-def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+def yaml_problem(e: yaml.YAMLError, text: str) -> str:
     """A YAML parse error of `text` in one line: 'invalid YAML at line L, column C (what)', counted from 1."""
     mark = getattr(e, "problem_mark", None)
     if mark is not None:
@@ -180,7 +180,7 @@ def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{source}: {_yaml_problem(e, text)}") from e
+        raise ValueError(f"{source}: {yaml_problem(e, text)}") from e
     except RecursionError as e:
         raise ValueError(f"{source}: invalid YAML (nested too deeply to read)") from e
     if not isinstance(data, dict) or not data:

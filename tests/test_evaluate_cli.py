@@ -12,6 +12,7 @@ from conftest import interrupted_at_call
 import evaluate
 from swaa.eval import runner
 from swaa.eval.results import load_records
+from swaa.tasks.generators import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +34,7 @@ def error_line(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tasks", "passkey", "bogus"], r"unknown task\(s\) \['bogus'\]"),
     (["--swaa", "fa,bogus"], r"unknown SWAA preset 'bogus'"),
-    (["--scorer", "bogus"], r"unknown scorer 'bogus'"),
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
     (["--swaa", "missing_grid.yaml"], r"cannot read grid file missing_grid.yaml"),
     (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
@@ -55,10 +54,17 @@ def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
     (["--scorer", "judge"], "--scorer judge: needs --judge-model, the model that judges the answers"),
     (["--judge-model", "j", "--scorer", "contains"], "--judge-model j: needs --scorer judge, got --scorer contains"),
     (["--device", "bogus"], "--device='bogus': expected a torch device such as cpu, cuda or cuda:1"),
+    (["--tasks", "passkey,bogus"], f"--tasks bogus: unknown task; choose from {', '.join(TASKS)}"),
+    (["--tasks", "nope", "passkey", "bogus"], f"--tasks nope, bogus: unknown tasks; choose from {', '.join(TASKS)}"),
 ])
 def test_bad_flag_values_name_the_flag_value_and_range(no_loading, capsys, argv, message):
     """Errors name the flags the user typed (not GridSettings' n=, data_file=, scorer=, judge_model=, device=)."""
     assert error_line(capsys, argv).endswith(f"error: {message}")
+
+
+def test_unknown_scorer_names_the_flag_and_the_choices(no_loading, capsys):
+    line = error_line(capsys, ["--scorer", "bogus"])
+    assert re.search(r": error: argument --scorer: invalid choice: 'bogus' \(choose from .*exact.*judge", line)
 
 
 @pytest.mark.parametrize("flag", ["--configs", "--tasks", "--lengths"])
@@ -85,6 +91,27 @@ def test_invalid_presets_yaml_is_one_line_with_its_position(no_loading, tmp_path
     assert exc.value.code == 2 and err[-1].endswith(f"error: --presets {presets}: invalid YAML at line 2, column 1 "
                                                     "(found character '\\t' that cannot start any token)")
     assert not any("^" in line or "<unicode string>" in line for line in err)
+
+
+def test_invalid_grid_yaml_is_one_line_with_its_position(no_loading, tmp_path, capsys):
+    """`--swaa my_grid.yaml` that YAML cannot read: one line naming the file and where, not the library's report."""
+    grid = tmp_path / "my_grid.yaml"
+    grid.write_text("configs: [fa\n  n: 1\n")
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--swaa", str(grid), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2
+    assert err == [f"evaluate.py: error: {grid}: invalid YAML at line 2, column 4 (expected ',' or ']', but got ':'; "
+                   "while parsing a flow sequence at line 1, column 10)"]
+
+
+@pytest.mark.parametrize("setting, message", [("n: 0", "n=0: expected an int >= 1"),
+                                              ("batch_size: true", "batch_size=True: expected an int >= 1")])
+def test_bad_grid_value_names_the_file_and_exits_2(no_loading, tmp_path, capsys, setting, message):
+    grid = tmp_path / "my_grid.yaml"
+    grid.write_text(f"configs: [fa]\n{setting}\n")
+    assert error_line(capsys, ["--swaa", str(grid), "--out", str(tmp_path / "out")]) == \
+        f"evaluate.py: error: {grid}: {message}"
 
 
 def test_bad_data_file_exits_2_before_loading(no_loading, tmp_path, capsys):

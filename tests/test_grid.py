@@ -1,5 +1,7 @@
 """The grid: configs from a grid YAML, preset names or inline JSON; GridSettings checks every field when built."""
 
+import re
+
 import pytest
 import torch
 
@@ -36,6 +38,52 @@ def test_load_grid_errors(tmp_path):
         load_grid(bad)
     with pytest.raises(ValueError, match="cannot read grid file"):
         load_grid(tmp_path / "absent.yaml")
+
+
+def test_unknown_grid_keys_yaml_reads_as_numbers_are_named(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("configs: [fa]\n1: x\ntemperature: 0.5\n")  # YAML reads the key 1 as an int
+    with pytest.raises(ValueError, match=r"unknown grid key\(s\) \[1, 'temperature'\]"):
+        load_grid(grid)
+
+
+def test_grid_file_not_in_utf8_is_an_error_naming_it(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_bytes(b"configs: [fa]\n# caf\xe9\n")  # Latin-1
+    with pytest.raises(ValueError, match=rf"^cannot read grid file {re.escape(str(grid))}: 'utf-8' codec"):
+        load_grid(grid)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("configs: [fa\n  n: 1\n", "invalid YAML at line 2, column 4 (expected ',' or ']', but got ':'; while parsing a "
+                                "flow sequence at line 1, column 10)"),
+    ("configs:\n\t- fa\n", "invalid YAML at line 2, column 1 (found character '\\t' that cannot start any token)"),
+])
+def test_invalid_grid_yaml_is_one_line_naming_the_file_and_position(tmp_path, text, message):
+    grid = tmp_path / "my_grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ValueError) as error:
+        load_grid(grid)
+    assert str(error.value) == f"{grid}: {message}"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("n: 0", "n=0: expected an int >= 1"),
+    ("n: null", "n=None: expected an int >= 1"),
+    ("batch_size: true", "batch_size=True: expected an int >= 1"),
+    ("max_new_tokens: 2.5", "max_new_tokens=2.5: expected an int >= 1"),
+    ("seed: x", "seed='x': expected an int"),
+    ("lengths: [256, 0]", "lengths [0]: expected ints >= 1"),
+    ("tasks: passkey", "tasks='passkey': expected a list"),
+    ("tasks: [passkey, bogus]", f"tasks bogus: unknown task; choose from {', '.join(TASKS)}"),
+])
+def test_bad_grid_values_name_the_file_then_field_and_value(tmp_path, setting, message):
+    """Checked when the grid is read (before GridSettings, which would not know the file), as GridSettings checks."""
+    grid = tmp_path / "my_grid.yaml"
+    grid.write_text(f"configs: [fa]\n{setting}\n")
+    with pytest.raises(ValueError) as error:
+        load_grid(grid)
+    assert str(error.value) == f"{grid}: {message}"
 
 
 def test_select_grid(tmp_path):
@@ -76,7 +124,7 @@ def test_select_grid_reads_preset_names_from_a_presets_file_beside_the_bundled_o
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(tasks=["passkey", "nope"]), r"unknown task\(s\) \['nope'\]; allowed: passkey"),
+    (dict(tasks=["passkey", "nope", 1]), r"^tasks nope, 1: unknown tasks; choose from passkey, "),
     (dict(scorer="fuzzy"), r"unknown scorer 'fuzzy'; allowed: exact, contains"),
     (dict(scorer="judge"), r"scorer='judge', judge_model=None: the judge scorer needs a judge model"),
     (dict(judge_model="m"), r"scorer=None, judge_model='m': the judge scorer needs a judge model"),

@@ -15,6 +15,7 @@ from swaa.eval.grid import parse_swaa_spec
 from swaa.integration import apply_swaa, remove_swaa
 from swaa.select import (CalibrationBatch, answer_nll, calibration_samples, distinct_budgets, encode_samples, main,
                          make_batches, passes_fingerprint, periodic_layers, resolve_budget, select_full_layers)
+from swaa.tasks.generators import TASKS
 
 IGNORE = -100
 
@@ -256,9 +257,11 @@ def test_cli_errors_name_the_flag_and_range_and_exit_2(argv, message, tmp_path, 
     (["--lengths", "160,0"], "--lengths: expected an integer >= 1, got '0'"),
     (["--data", "q.jsonl", "--tasks", "passkey"], "--data q.jsonl: a calibration file brings its own samples; do not "
                                                   "also give --tasks or --lengths"),
+    (["--tasks", "passkey,bogus"], f"--tasks bogus: unknown task; choose from {', '.join(TASKS)}"),
 ])
 def test_cli_bad_values_name_the_flag_before_the_model_is_read(argv, message, tmp_path, capsys, monkeypatch):
-    """Not n=0, make_batches' batch_size or SWAAConfig.window: the flag, its value and range, before any loading."""
+    """Not n=0, make_batches' batch_size, make_samples' task or SWAAConfig.window: the flag, its value and range,
+    before any loading."""
     monkeypatch.setattr(select, "load_config", lambda *a: pytest.fail("the model config was read before the error"))
     argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--budget", "1", "--out", str(tmp_path / "x.yaml"),
             *argv]

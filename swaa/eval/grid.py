@@ -13,7 +13,7 @@ import yaml
 
 from swaa import SWAAConfig
 from swaa.attention import BACKENDS
-from swaa.config import presets_with, resolve_swaa
+from swaa.config import presets_with, resolve_swaa, yaml_problem
 from swaa.generation import DECODE_MODES
 from swaa.models import check_device
 from swaa.tasks.generators import TASKS
@@ -35,18 +35,28 @@ def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> di
 
 
 def load_grid(path: str | Path, presets_path: str | Path | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
-    """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS."""
+    """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS, each checked as
+    GridSettings checks it. Errors are one line starting with the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read grid file {path}: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: {yaml_problem(e, text)}") from e
     if not isinstance(data, dict) or "configs" not in data:
         raise ValueError(f"{path}: expected a mapping with a 'configs' key")
-    unknown = sorted(set(data) - {"configs", *GRID_SETTINGS})
+    unknown = sorted(set(data) - {"configs", *GRID_SETTINGS}, key=str)
     if unknown:
         raise ValueError(f"{path}: unknown grid key(s) {unknown}; allowed: configs, {', '.join(GRID_SETTINGS)}")
     settings = {k: v for k, v in data.items() if k != "configs"}
+    for name, value in settings.items():
+        try:
+            _check_setting(name, value)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
     return _named_configs(data["configs"], presets_path, str(path)), settings
 
 
@@ -83,8 +93,29 @@ def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
     return configs, settings
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+def check_tasks(tasks: list[str], where: str = "tasks") -> None:
+    """Every name in `tasks` is a synthetic task (TASKS); else a ValueError naming `where` and the unknown ones."""
+    bad = [str(task) for task in tasks if not isinstance(task, str) or task not in TASKS]
+    if bad:
+        raise ValueError(f"{where} {', '.join(bad)}: unknown task{'s' * (len(bad) > 1)}; choose from "
+                         f"{', '.join(TASKS)}")
+
+
+def _check_setting(name: str, value: Any) -> None:
+    """Type and range of one GRID_SETTINGS value (tasks and lengths may be None: not given)."""
+    if name in ("tasks", "lengths"):
+        if value is None:
+            return
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}={value!r}: expected a list")
+        if name == "tasks":
+            check_tasks(value)
+        elif bad := [x for x in value if not isinstance(x, int) or isinstance(x, bool) or x < 1]:
+            raise ValueError(f"lengths {bad}: expected ints >= 1")
+    elif name == "seed":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"seed={value!r}: expected an int")
+    elif not isinstance(value, int) or isinstance(value, bool) or value < 1:  # n, max_new_tokens, batch_size
         raise ValueError(f"{name}={value!r}: expected an int >= 1")
 
 
@@ -112,25 +143,13 @@ class GridSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size"):
-            _positive_int(name, getattr(self, name))
-        if self.n is not None or self.data_file is None:  # None: every row of data_file
-            _positive_int("n", self.n)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed={self.seed!r}: expected an int")
-        for name in ("tasks", "lengths"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), (list, tuple)):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a list")
+        for name in GRID_SETTINGS:
+            if name != "n" or self.n is not None or self.data_file is None:  # n None: every row of data_file
+                _check_setting(name, getattr(self, name))
         if self.data_file is None:
             if not self.tasks or not self.lengths:
                 raise ValueError(f"tasks={self.tasks!r}, lengths={self.lengths!r}: give tasks and lengths for "
                                  "synthetic tasks, or a data file")
-            bad = [t for t in self.tasks if t not in TASKS]
-            if bad:
-                raise ValueError(f"unknown task(s) {bad}; allowed: {', '.join(TASKS)}")
-            bad = [x for x in self.lengths if not isinstance(x, int) or isinstance(x, bool) or x < 1]
-            if bad:
-                raise ValueError(f"lengths {bad}: expected ints >= 1")
         elif self.tasks or self.lengths:
             raise ValueError(f"data_file={str(self.data_file)!r}: a data file brings its own samples: do not also "
                              f"give tasks ({self.tasks!r}) or lengths ({self.lengths!r})")
