@@ -9,6 +9,7 @@ import dataclasses
 import json
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,7 +154,7 @@ def check_depth(configs: dict[str, SWAAConfig], depth: int, where: str = "config
             raise ValueError(f"{where} {name}: {e}") from e
 
 
-def yaml_problem(e: yaml.YAMLError, text: str) -> str:
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
     """A YAML parse error of `text` in one line: 'invalid YAML at line L, column C (what)', counted from 1."""
     mark = getattr(e, "problem_mark", None)
     if mark is not None:
@@ -169,20 +170,25 @@ def yaml_problem(e: yaml.YAMLError, text: str) -> str:
     return f"invalid YAML at line {line}, column {column} ({what})"
 
 
+def read_yaml(source: Path | Traversable, what: str) -> Any:
+    """The data of the YAML file `source`, a `what` (e.g. 'grid file'); errors are one line starting with the file."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{source}: cannot read {what} ({e})") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: {_yaml_problem(e, text)}") from e
+    except RecursionError as e:
+        raise ValueError(f"{source}: invalid YAML (nested too deeply to read)") from e
+
+
 def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:
     """Read a YAML file mapping preset names to SWAA configs; None reads the presets bundled with the package.
     Errors are one line starting with the file."""
     source = Path(path) if path is not None else resources.files("swaa") / PRESETS_FILE
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{source}: cannot read SWAA presets file ({e})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{source}: {yaml_problem(e, text)}") from e
-    except RecursionError as e:
-        raise ValueError(f"{source}: invalid YAML (nested too deeply to read)") from e
+    data = read_yaml(source, "SWAA presets file")
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{source}: expected a non-empty mapping of preset name -> SWAA config")
     presets = {}

@@ -39,3 +39,16 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "a"), str(tmp_path / "missing")])
     assert exc.value.code == 2 and "missing" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_results_is_one_error_line_naming_it(tmp_path, capsys):
+    """Was KeyError 'key' from the first line without a record key."""
+    _store(tmp_path / "a", "id", {"passkey": ["a"]}, 1.0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exc.value.code == 2 and err.endswith(f"{tmp_path / 'b' / 'results.jsonl'}:1: not a SWAA result record "
+                                                "(missing 'key', 'key_hash', 'config_name', 'accuracy', 'stderr', "
+                                                "'n', 'n_unparsed', 'speed')")

@@ -36,7 +36,7 @@ def error_line(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("argv, message", [
     (["--swaa", "fa,bogus"], r"unknown SWAA preset 'bogus'"),
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
-    (["--swaa", "missing_grid.yaml"], r"cannot read grid file missing_grid.yaml"),
+    (["--swaa", "missing_grid.yaml"], r"missing_grid.yaml: cannot read grid file"),
     (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
 ])
 def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):

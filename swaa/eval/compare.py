@@ -16,7 +16,7 @@ def cells(folder: str | Path) -> dict[tuple, dict[str, Any]]:
     """(config name, task, length) -> record plus its predictions by sample id; the last record of a cell wins."""
     folder = Path(folder)
     out = {}
-    for record in read_jsonl(folder / RESULTS_FILE):
+    for record in read_jsonl(folder / RESULTS_FILE, results=True):
         key = record["key"]
         samples = load_samples(folder, record)
         out[(record["config_name"], key["task"], key["length"])] = {

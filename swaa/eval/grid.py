@@ -9,11 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from swaa import SWAAConfig
 from swaa.attention import BACKENDS
-from swaa.config import presets_with, resolve_swaa, yaml_problem
+from swaa.config import presets_with, read_yaml, resolve_swaa
 from swaa.generation import DECODE_MODES
 from swaa.models import check_device
 from swaa.tasks.generators import TASKS
@@ -38,14 +37,7 @@ def load_grid(path: str | Path, presets_path: str | Path | None = None) -> tuple
     """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS, each checked as
     GridSettings checks it. Errors are one line starting with the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read grid file {path}: {e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: {yaml_problem(e, text)}") from e
+    data = read_yaml(path, "grid file")
     if not isinstance(data, dict) or "configs" not in data:
         raise ValueError(f"{path}: expected a mapping with a 'configs' key")
     unknown = sorted(set(data) - {"configs", *GRID_SETTINGS}, key=str)
