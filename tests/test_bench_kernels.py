@@ -4,6 +4,8 @@ import argparse
 import contextlib
 import functools
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -79,3 +81,26 @@ def test_a_kernel_that_raises_is_a_failed_check_and_never_timed():
     q = torch.randn(1, 2, 8, 4)
     label, window, sink, *_, err = _swaa_case(fa4_native_call, None, 4, 2, q, q, q, None, "fa4_native")
     assert (label, window, sink) == ("fa4_native", 4, 2) and math.isnan(err)
+
+
+def _fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(None, None)):
+    """flash-attn-4's `flash_attn_func` on (B, L, H, D) with GQA: query i sees key j iff i - left <= j <= i (causal)."""
+    assert causal and window_size[1] in (0, None)
+    n, hq = q.shape[1], q.shape[2]
+    k, v = (t.repeat_interleave(hq // t.shape[2], 2) for t in (k, v))
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None]
+    mask = (j <= i) & (i - j <= (n if window_size[0] is None else window_size[0]))
+    out = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask,
+                                                           scale=softmax_scale)
+    return out.transpose(1, 2), None
+
+
+@pytest.mark.parametrize("window", [None, 32])
+def test_fa4_native_call_asks_for_the_window_swaa_means(monkeypatch, window):
+    """FA4's own kernel is called on (B, L, H, D) views with window_size (W - 1, 0): W keys per query, as SWAA's W."""
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = _fake_flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    args = dict(hq=4, hkv=2, d=16, dtype=torch.float32, device=torch.device("cpu"), n=256)
+    assert check_error(fa4_native_call, window, 0, **args) < 1e-5
