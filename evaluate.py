@@ -18,7 +18,7 @@ import torch
 from swaa.attention import BACKENDS
 from swaa.cli import exit_input_error, given_values, int_at_least, int_values
 from swaa.config import presets_with
-from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, check_tasks, select_grid
+from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, check_sample_flags, select_grid
 from swaa.eval.report import markdown_table, summary_table, write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
@@ -69,15 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.adapter == "none":
         args.adapter = None
     args.lengths = int_values(p, "--lengths", args.lengths, 1)
-    if args.data and (args.tasks or args.lengths):
-        p.error(f"--data {args.data}: a data file brings its own samples; do not also give --tasks or --lengths")
+    check_sample_flags(p, args.data, args.tasks, args.lengths, "data file")
     if args.scorer == JUDGE and args.judge_model is None:
         p.error(f"--scorer {JUDGE}: needs --judge-model, the model that judges the answers")
     if args.judge_model is not None and args.scorer != JUDGE:
         p.error(f"--judge-model {args.judge_model}: needs --scorer {JUDGE}"
                 + (f", got --scorer {args.scorer}" if args.scorer else ""))
     try:
-        check_tasks(args.tasks or [], "--tasks")
         check_device(args.device, "--device")
         presets_with(args.presets)  # read (and checked) even when no name of it is used
     except ValueError as e:

@@ -36,7 +36,7 @@ from swaa.config import SWAAConfig
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat
 from swaa.data.synthetic import SyntheticDataModule, split_evenly
 from swaa.eval.datasets import load_eval_file
-from swaa.eval.grid import check_tasks
+from swaa.eval.grid import check_sample_flags
 from swaa.eval.results import path_identity
 from swaa.files import check_output_path, write_atomic
 from swaa.integration import answer_start, apply_swaa, check_backends, remove_swaa
@@ -484,13 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.tasks, args.budget = given_values(p, "--tasks", args.tasks), given_values(p, "--budget", args.budget)
     args.lengths = int_values(p, "--lengths", args.lengths, 1)
-    if args.data and (args.tasks or args.lengths):
-        p.error(f"--data {args.data}: a calibration file brings its own samples; do not also give --tasks or "
-                "--lengths")
-    try:
-        check_tasks(args.tasks or [], "--tasks")
-    except ValueError as e:
-        p.error(str(e))
+    check_sample_flags(p, args.data, args.tasks, args.lengths, "calibration file")
     return args
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from importlib import resources
@@ -91,6 +92,17 @@ def check_tasks(tasks: list[str], where: str = "tasks") -> None:
     if bad:
         raise ValueError(f"{where} {', '.join(bad)}: unknown task{'s' * (len(bad) > 1)}; choose from "
                          f"{', '.join(TASKS)}")
+
+
+def check_sample_flags(parser: argparse.ArgumentParser, data: str | None, tasks: list[str] | None,
+                       lengths: list[int] | None, what: str) -> None:
+    """Parser errors for `--data` (a `what`, e.g. 'data file') given with --tasks or --lengths, and unknown --tasks."""
+    if data and (tasks or lengths):
+        parser.error(f"--data {data}: a {what} brings its own samples; do not also give --tasks or --lengths")
+    try:
+        check_tasks(tasks or [], "--tasks")
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def _check_setting(name: str, value: Any) -> None:
