@@ -83,7 +83,7 @@ def test_loaders(smollm2_tokenizer, tmp_path):
 
 
 def test_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown or empty; known tasks: passkey"):
+    with pytest.raises(ValueError, match="^tasks telepathy: unknown task; choose from passkey"):
         SyntheticDataModule(tasks=["passkey", "telepathy"])
     with pytest.raises(FileNotFoundError, match="haystack file"):
         SyntheticDataModule(haystack=str(tmp_path / "missing.txt"))

@@ -212,7 +212,7 @@ def test_bad_haystack_files(tmp_path, smollm2_tokenizer):
 
 
 def test_bad_arguments(smollm2_tokenizer):
-    with pytest.raises(ValueError, match="unknown task 'niah_single:colors'.*niah_multikey:uuids"):
+    with pytest.raises(ValueError, match="^task niah_single:colors: unknown task; choose from .*niah_multikey:uuids"):
         make_samples("niah_single:colors", 1, 512, smollm2_tokenizer)
     with pytest.raises(ValueError, match="split 'test'"):
         make_samples("passkey", 1, 512, smollm2_tokenizer, split="test")

@@ -18,7 +18,7 @@ import datasets
 from swaa.data.sft import ChatDataModule, content_digest, encode_messages, tokenizer_digest
 from swaa.tasks import generators as generators_module
 from swaa.tasks import haystack as haystack_module
-from swaa.tasks.generators import TASKS, Sample, make_samples, train_answer
+from swaa.tasks.generators import TASKS, Sample, check_tasks, make_samples, train_answer
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when the encoding changes
@@ -50,9 +50,9 @@ class SyntheticDataModule(ChatDataModule):
                  tokenizer: str | None = None, haystack: str | None = None, batch_size: int = 1,
                  num_workers: int = 0, seed: int = 0, cache_dir: str | None = None) -> None:
         super().__init__(tokenizer, batch_size, num_workers, seed, cache_dir)
-        unknown = [t for t in tasks if t not in TASKS]
-        if not tasks or unknown:
-            raise ValueError(f"tasks={tasks!r}: unknown or empty; known tasks: {', '.join(TASKS)}")
+        if not tasks:
+            raise ValueError(f"tasks={tasks!r}: expected a non-empty list; known tasks: {', '.join(TASKS)}")
+        check_tasks(tasks, "tasks")
         if not lengths or min(lengths) < 1:
             raise ValueError(f"lengths={lengths!r}: expected a non-empty list of ints >= 1")
         if n_train < 1 or n_val < 0:

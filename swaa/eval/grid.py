@@ -16,7 +16,7 @@ from swaa.attention import BACKENDS
 from swaa.config import presets_with, read_yaml, resolve_swaa
 from swaa.generation import DECODE_MODES
 from swaa.models import check_device
-from swaa.tasks.generators import TASKS
+from swaa.tasks.generators import check_tasks
 from swaa.tasks.scorers import SCORERS
 
 DEFAULT_GRID = resources.files("swaa") / "grid.yaml"  # evaluate.py's default grid, bundled with the package
@@ -84,14 +84,6 @@ def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
             raise ValueError(f"--configs: {unknown} not in the grid; it has {', '.join(configs)}")
         configs = {name: configs[name] for name in names}
     return configs, settings
-
-
-def check_tasks(tasks: list[str], where: str = "tasks") -> None:
-    """Every name in `tasks` is a synthetic task (TASKS); else a ValueError naming `where` and the unknown ones."""
-    bad = [str(task) for task in tasks if not isinstance(task, str) or task not in TASKS]
-    if bad:
-        raise ValueError(f"{where} {', '.join(bad)}: unknown task{'s' * (len(bad) > 1)}; choose from "
-                         f"{', '.join(TASKS)}")
 
 
 def check_sample_flags(parser: argparse.ArgumentParser, data: str | None, tasks: list[str] | None,

@@ -309,6 +309,14 @@ def _fit(render: Callable[[int], str], tokenizer: PreTrainedTokenizerBase, lengt
                        f"tokens with {closest} filler units); the filler units are too coarse for this length")
 
 
+def check_tasks(tasks: list[str], where: str = "tasks") -> None:
+    """Every name in `tasks` is a synthetic task (TASKS); else a ValueError naming `where` and the unknown ones."""
+    bad = [str(task) for task in tasks if not isinstance(task, str) or task not in TASKS]
+    if bad:
+        raise ValueError(f"{where} {', '.join(bad)}: unknown task{'s' * (len(bad) > 1)}; choose from "
+                         f"{', '.join(TASKS)}")
+
+
 def make_samples(task: str, n: int, length: int, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
                  split: str = "eval", haystack: str | Path | None = None) -> list[Sample]:
     """n samples of `task` whose prompts are [0.9 * length, length] tokens long, counted with `tokenizer` on the
@@ -317,8 +325,7 @@ def make_samples(task: str, n: int, length: int, tokenizer: PreTrainedTokenizerB
     Deterministic in (task, length, seed, split, index); each split draws from its own seed stream, and the train
     split uses a different haystack from val/eval unless `haystack` (a text file) is given for all of them.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    check_tasks([task], "task")
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if n < 0 or length < 1:
