@@ -170,18 +170,20 @@ def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
     return f"invalid YAML at line {line}, column {column} ({what})"
 
 
-def read_yaml(source: Path | Traversable, what: str) -> Any:
-    """The data of the YAML file `source`, a `what` (e.g. 'grid file'); errors are one line starting with the file."""
+def read_yaml(source: Path | Traversable, what: str, name: str | None = None) -> Any:
+    """The data of the YAML file `source`, a `what` (e.g. 'grid file'); errors are one line starting with `name`
+    (default: the file)."""
+    name = source if name is None else name
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{source}: cannot read {what} ({e})") from e
+        raise ValueError(f"{name}: cannot read {what} ({e})") from e
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{source}: {_yaml_problem(e, text)}") from e
+        raise ValueError(f"{name}: {_yaml_problem(e, text)}") from e
     except RecursionError as e:
-        raise ValueError(f"{source}: invalid YAML (nested too deeply to read)") from e
+        raise ValueError(f"{name}: invalid YAML (nested too deeply to read)") from e
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, SWAAConfig]:

@@ -50,20 +50,21 @@ def default_model_path() -> Path:
     return path
 
 
-def _from_pretrained_args(path: str | Path | None) -> tuple[str, dict]:
+def _from_pretrained_args(path: str | Path | None, where: str = "model") -> tuple[str, dict]:
     path = Path(path) if path is not None else default_model_path()
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir() and (path / "config.json").is_file():
         return str(path), {}
-    raise FileNotFoundError(f"model {path}: expected a Hugging Face folder with config.json or a .gguf file")
+    raise FileNotFoundError(f"{where} {path}: expected a Hugging Face folder with config.json or a .gguf file")
 
 
-def load_config(path: str | Path | None = None) -> PretrainedConfig:
-    """The model's config (default: SmolLM2) without its weights, e.g. to check the context length first."""
+def load_config(path: str | Path | None = None, where: str = "model") -> PretrainedConfig:
+    """The model's config (default: SmolLM2) without its weights, e.g. to check the context length first; errors about
+    `path` name `where` (the field or flag that gave it)."""
     if is_tiny_spec(path):
-        return tiny_config(str(path))
-    name, kwargs = _from_pretrained_args(path)
+        return tiny_config(str(path), where)
+    name, kwargs = _from_pretrained_args(path, where)
     return AutoConfig.from_pretrained(name, **kwargs)
 
 
@@ -78,14 +79,15 @@ def check_device(device: str | torch.device, field: str = "device") -> torch.dev
     return resolved
 
 
-def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | Path | None = None, where: str = "model") -> PreTrainedTokenizerBase:
     """Tokenizer for `path` (default and tiny specs: SmolLM2), left-padded for batched generation, with a pad token;
-    a tiny spec's vocabulary must hold the tokenizer's ids."""
-    name, kwargs = _from_pretrained_args(None if is_tiny_spec(path) else path)
+    a tiny spec's vocabulary must hold the tokenizer's ids. Errors about `path` name `where`."""
+    vocab = parse_tiny_spec(str(path), where)[2] if is_tiny_spec(path) else None
+    name, kwargs = _from_pretrained_args(None if is_tiny_spec(path) else path, where)
     tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    if is_tiny_spec(path) and parse_tiny_spec(str(path))[2] < len(tok):
-        raise ValueError(f"model={path!r}: vocab {parse_tiny_spec(str(path))[2]} is smaller than the SmolLM2 "
-                         f"tokenizer's {len(tok)} tokens that text tasks use; give a vocab >= {len(tok)}")
+    if vocab is not None and vocab < len(tok):
+        raise ValueError(f"{where}={path!r}: vocab {vocab} is smaller than the SmolLM2 tokenizer's {len(tok)} tokens "
+                         f"that text tasks use; give a vocab >= {len(tok)}")
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -93,14 +95,16 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    path: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"
+    path: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu",
+    where: str = "model"
 ) -> PreTrainedModel:
-    """Causal LM from `path` (default: SmolLM2; or a tiny spec); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere."""
+    """Causal LM from `path` (default: SmolLM2; or a tiny spec); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere.
+    Errors about `path` name `where`."""
     if dtype == "auto":
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if is_tiny_spec(path):
-        return build_tiny_model(str(path)).to(device=device, dtype=dtype)
-    name, kwargs = _from_pretrained_args(path)
+        return build_tiny_model(str(path), where=where).to(device=device, dtype=dtype)
+    name, kwargs = _from_pretrained_args(path, where)
     log.info("loading model %s %s as %s on %s", name, kwargs.get("gguf_file", ""), dtype, device)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     return model.to(device).eval()

@@ -496,12 +496,12 @@ def main(argv: list[str] | None = None) -> None:
     measured: SavedPasses | None = None
     try:
         check_output_path(args.out, "--out")
-        config = load_config(args.model)
+        config = load_config(args.model, "--model")
         budgets = distinct_budgets(args.budget, config.num_hidden_layers, "--budget")  # before data and weights
         check_backends([args.backend], check_device(args.device, "--device"), "--backend")  # before the passes file
         if args.data is None and args.lengths is None:
             args.lengths = [default_length(args.window, config.max_position_embeddings)]
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = load_tokenizer(args.model, "--model")
         batches = calibration_batches(tokenizer, config.max_position_embeddings, args.window, args.tasks, args.lengths,
                                       args.n, args.seed, args.data, args.batch_size)
         meta = {"model": args.model, "adapter": args.adapter, "calibration": {

@@ -78,6 +78,10 @@ PROFILE = ["profile", "--device", "cpu", "--shape", "tiny:llama:2:256", "--windo
     (MODEL + ["--window", "0", "--configs", "fa,swa_all"], "argument --window: expected an integer >= 1, got '0'"),
     (MODEL + ["--sink", "-1"], "argument --sink: expected an integer >= 0, got '-1'"),
     (MODEL + ["--configs", ","], "--configs ',': no config given"),
+    (MODEL + ["--shape", "tiny:llama:0:10"], "--shape='tiny:llama:0:10': need layers >= 1 and vocab >= 2"),
+    (PROFILE + ["--shape", "tiny:gpt:2:10"], "--shape='tiny:gpt:2:10': expected 'tiny:<family>:<layers>:<vocab>' with "
+                                            "family in"),
+    (TRAIN + ["--shape", "qwen9"], "--shape='qwen9': expected one of"),
     (MODEL + ["--presets", "no/such/presets.yaml"], "--presets no/such/presets.yaml: no such file"),
     (PROFILE + ["--presets", "no/such/presets.yaml"], "--presets no/such/presets.yaml: no such file"),
     (TRAIN + ["--presets", "no/such/presets.yaml"], "--presets no/such/presets.yaml: no such file"),

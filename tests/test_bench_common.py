@@ -26,6 +26,8 @@ def test_shapes_and_tiny_specs():
     assert model_config("tiny:llama:3:64", num_hidden_layers=1).num_hidden_layers == 1
     with pytest.raises(ValueError, match="shape='qwen9'.*tiny:"):
         model_config("qwen9")
+    with pytest.raises(ValueError, match=r"^shape='tiny:llama:0:64': need layers >= 1"):  # both name the same argument
+        model_config("tiny:llama:0:64")
 
 
 def test_random_model_is_the_same_for_the_same_seed():

@@ -74,7 +74,8 @@ def test_resume_refuses_an_output_of_other_prompts(model, smollm2_tokenizer, tmp
     (["--batch-size", "-1"], r"--batch-size=-1: expected an int >= 1"),  # wrote nothing and said "wrote 5 records"
     (["--max-new-tokens", "0"], r"--max-new-tokens=0: expected an int >= 1"),
     (["--device", "cuda:x"], r"--device='cuda:x': expected a torch device"),
-    (["--model", "/no/such/model"], "/no/such/model"),
+    (["--model", "/no/such/model"], "--model /no/such/model: expected a Hugging Face folder with config.json"),
+    (["--model", "tiny:llama:0:10"], r"--model='tiny:llama:0:10': need layers >= 1 and vocab >= 2"),
 ])
 def test_cli_rejects_bad_input_in_one_line_before_writing(prompt_file, tmp_path, capsys, extra, message):
     out = tmp_path / "o.jsonl"

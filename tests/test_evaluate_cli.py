@@ -36,7 +36,7 @@ def error_line(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("argv, message", [
     (["--swaa", "fa,bogus"], r"unknown SWAA preset 'bogus'"),
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
-    (["--swaa", "missing_grid.yaml"], r"missing_grid.yaml: cannot read grid file"),
+    (["--swaa", "missing_grid.yaml"], r"error: --swaa missing_grid.yaml: cannot read grid file"),
     (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
 ])
 def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
@@ -60,6 +60,20 @@ def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
 def test_bad_flag_values_name_the_flag_value_and_range(no_loading, capsys, argv, message):
     """Errors name the flags the user typed (not GridSettings' n=, data_file=, scorer=, judge_model=, device=)."""
     assert error_line(capsys, argv).endswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("model, message", [
+    ("tiny:llama:0:49152", "--model='tiny:llama:0:49152': need layers >= 1 and vocab >= 2"),
+    ("tiny:llama:2:256", "--model='tiny:llama:2:256': vocab 256 is smaller than the SmolLM2 tokenizer's"),
+    ("{tmp}/model", "--model {tmp}/model: expected a Hugging Face folder with config.json or a .gguf file"),
+])
+def test_bad_model_names_the_flag_before_loading(monkeypatch, tmp_path, capsys, model, message):
+    """The flag the user typed, not the library's `model=`, before any weights load."""
+    monkeypatch.setattr(runner, "_load_model", lambda *a: pytest.fail("a model was loaded before the error"))
+    (tmp_path / "model").mkdir()  # a folder without config.json
+    argv = ["--model", model.format(tmp=tmp_path), "--swaa", "fa", "--tasks", "passkey", "--lengths", "256", "--n", "1",
+            "--out", str(tmp_path / "out")]
+    assert error_line(capsys, argv).startswith(f"evaluate.py: error: {message.format(tmp=tmp_path)}")
 
 
 def test_unknown_scorer_names_the_flag_and_the_choices(no_loading, capsys):
@@ -94,24 +108,31 @@ def test_invalid_presets_yaml_is_one_line_with_its_position(no_loading, tmp_path
 
 
 def test_invalid_grid_yaml_is_one_line_with_its_position(no_loading, tmp_path, capsys):
-    """`--swaa my_grid.yaml` that YAML cannot read: one line naming the file and where, not the library's report."""
+    """`--swaa my_grid.yaml` that YAML cannot read: one line naming the flag, the file and where, not the library's
+    report."""
     grid = tmp_path / "my_grid.yaml"
     grid.write_text("configs: [fa\n  n: 1\n")
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--swaa", str(grid), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.splitlines()
     assert exc.value.code == 2
-    assert err == [f"evaluate.py: error: {grid}: invalid YAML at line 2, column 4 (expected ',' or ']', but got ':'; "
-                   "while parsing a flow sequence at line 1, column 10)"]
+    assert err == [f"evaluate.py: error: --swaa {grid}: invalid YAML at line 2, column 4 (expected ',' or ']', but got "
+                   "':'; while parsing a flow sequence at line 1, column 10)"]
 
 
-@pytest.mark.parametrize("setting, message", [("n: 0", "n=0: expected an int >= 1"),
-                                              ("batch_size: true", "batch_size=True: expected an int >= 1")])
-def test_bad_grid_value_names_the_file_and_exits_2(no_loading, tmp_path, capsys, setting, message):
+@pytest.mark.parametrize("text, message", [
+    ("configs: [fa]\nn: 0\n", "n=0: expected an int >= 1"),
+    ("configs: [fa]\nbatch_size: true\n", "batch_size=True: expected an int >= 1"),
+    ("configs: [fa, bogus]\n", "config bogus: unknown SWAA preset 'bogus'"),
+    ("configs: [fa]\ntemperature: 0.5\n", "unknown grid key(s) ['temperature']"),
+    ("[fa]\n", "expected a mapping with a 'configs' key"),
+])
+def test_bad_grid_value_names_the_flag_and_file_and_exits_2(no_loading, tmp_path, capsys, text, message):
+    """`--swaa my_grid.yaml: ...`, as `--presets my.yaml: ...` (load_grid itself names the file alone)."""
     grid = tmp_path / "my_grid.yaml"
-    grid.write_text(f"configs: [fa]\n{setting}\n")
-    assert error_line(capsys, ["--swaa", str(grid), "--out", str(tmp_path / "out")]) == \
-        f"evaluate.py: error: {grid}: {message}"
+    grid.write_text(text)
+    assert error_line(capsys, ["--swaa", str(grid), "--out", str(tmp_path / "out")]).startswith(
+        f"evaluate.py: error: --swaa {grid}: {message}")
 
 
 def test_bad_data_file_exits_2_before_loading(no_loading, tmp_path, capsys):
@@ -126,7 +147,7 @@ def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch, capsys):
     """The grid's n (2 in the default grid) is for synthetic tasks: --data takes every row, --n the first n."""
     seen = []
 
-    def settings_of(configs, settings, model, adapter):
+    def settings_of(configs, settings, model, adapter, where):
         seen.append(settings.n)
         raise ValueError("stop here")
 
@@ -138,7 +159,7 @@ def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch, capsys):
 
 def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch, tmp_path, capsys):
     """A grid whose second config names layer 5 of a 2-layer model fails before the first config is evaluated."""
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: (_ for _ in ()).throw(AssertionError("loaded")))
     swaa = '{"a": {}, "b": {"window": 8, "full_layers": [5]}}'
     line = error_line(capsys, ["--model", "tiny:llama:2:49152", "--swaa", swaa, "--tasks", "passkey", "--lengths",
                                "256", "--n", "1", "--out", str(tmp_path)])
@@ -147,7 +168,7 @@ def test_layer_beyond_the_models_depth_exits_before_any_config_runs(monkeypatch,
 
 
 def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
     evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa,sink", "--configs", "fa,naive_swa",
                    "--tasks", "passkey", "--lengths", "256", "--n", "2", "--max-new-tokens", "3",
                    "--out", str(tmp_path)])
@@ -159,7 +180,7 @@ def test_tiny_run_prints_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys)
 
 
 def test_backend_is_part_of_the_result_key(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
     argv = ["--model", "tiny:llama:2:49152", "--swaa", "naive_swa", "--tasks", "passkey", "--lengths", "256",
             "--n", "2", "--max-new-tokens", "3", "--out", str(tmp_path)]
     evaluate.main(argv)
@@ -182,7 +203,7 @@ def test_default_run_on_smollm2(tmp_path):
 
 def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
     """Ctrl-C in the second cell: exit 130, one line on stderr, no traceback; the same command runs only that cell."""
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
     argv = ["--model", "tiny:llama:2:49152", "--swaa", "fa,naive_swa", "--tasks", "passkey", "--lengths", "256",
             "--n", "1", "--max-new-tokens", "2", "--out", str(tmp_path)]
     generate = interrupted_at_call(runner.generate_answers, 2)
@@ -202,7 +223,7 @@ def test_ctrl_c_says_what_was_saved_and_resumes(smollm2_tokenizer, monkeypatch, 
 
 def test_ctrl_c_before_any_cell_finished_says_nothing_was_saved(smollm2_tokenizer, monkeypatch, tmp_path, capsys):
     """Ctrl-C while the model loads: exit 130, and the line does not claim saved cells."""
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
     monkeypatch.setattr(runner, "_load_model", interrupted_at_call(runner._load_model, 1))
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", "fa", "--tasks", "passkey", "--lengths", "256",

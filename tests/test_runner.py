@@ -120,7 +120,7 @@ def test_prompt_tokens_beyond_context_fail_before_model_loading(smollm2_tokenize
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
     monkeypatch.setattr(runner, "_load_model", forbidden)
-    monkeypatch.setattr(runner, "load_tokenizer", lambda path: smollm2_tokenizer)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"prompt": "word " * 200, "answer": "a"}) + "\n")
     with pytest.raises(ValueError, match=r"prompt lengths \{'long': 2\d\d\}"):

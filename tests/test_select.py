@@ -199,7 +199,7 @@ def test_cli_rerun_with_other_budgets_removes_only_the_earlier_runs_outputs(tmp_
                                                                            smollm2_tokenizer):
     """A rerun into the same --out leaves exactly its own scores and plots (single-budget vs .<k>of<depth> files,
     budgets no longer asked for: removed and logged); the passes file and files of other names stay."""
-    monkeypatch.setattr(select, "load_tokenizer", lambda path=None: smollm2_tokenizer)  # loaded once, not per run
+    monkeypatch.setattr(select, "load_tokenizer", lambda path, where: smollm2_tokenizer)  # loaded once, not per run
     caplog.set_level(logging.INFO, logger="swaa.select")
     argv = ["--model", "tiny:llama:4:49152", "--window", "16", "--tasks", "passkey", "--lengths", "160", "--n", "2",
             "--criterion", "greedy", "--out", str(tmp_path / "sel.yaml")]
@@ -241,7 +241,9 @@ def error_line(capsys, argv: list[str]) -> str:
     (["--budget", "0"], r"--budget='0' means no full layer; expected a count in 1\.\.3 or a fraction in \(0, 1\)"),
     (["--budget", "1", "--model", "tiny:llama:1:49152"], r"1 layer"),
     (["--budget", "1", "--device", "bogus"], r"--device='bogus': expected a torch device"),
-    (["--budget", "1", "--model", "tiny:llama:4:256"], r"vocab 256 is smaller than the SmolLM2 tokenizer's"),
+    (["--budget", "1", "--model", "tiny:llama:4:256"], r"--model='tiny:llama:4:256': vocab 256 is smaller than the "
+                                                        r"SmolLM2 tokenizer's"),
+    (["--budget", "1", "--model", "tiny:llama:4:x"], r"--model='tiny:llama:4:x': expected 'tiny:<family>:<layers>"),
 ])
 def test_cli_errors_name_the_flag_and_range_and_exit_2(argv, message, tmp_path, capsys):
     line = error_line(capsys, ["--model", "tiny:llama:4:49152", "--window", "16", "--out", str(tmp_path / "x.yaml"),

@@ -33,12 +33,13 @@ HF_SLIDING_TYPES = ("qwen3",)  # model types whose transformers classes honour l
 SHAPE_HELP = f"one of {sorted(SHAPES)} (random weights) or {SPEC_HELP}"
 
 
-def model_config(shape: str, **overrides: Any) -> PretrainedConfig:
-    """The config of a named shape or a tiny spec, with `overrides` replacing fields."""
+def model_config(shape: str, where: str = "shape", **overrides: Any) -> PretrainedConfig:
+    """The config of a named shape or a tiny spec, with `overrides` replacing fields; an unknown or malformed `shape` is
+    an error naming `where`."""
     if is_tiny_spec(shape):
-        return tiny_config(shape, **overrides)
+        return tiny_config(shape, where, **overrides)
     if shape not in SHAPES:
-        raise ValueError(f"shape={shape!r}: expected {SHAPE_HELP}")
+        raise ValueError(f"{where}={shape!r}: expected {SHAPE_HELP}")
     return AutoConfig.for_model(**{**SHAPES[shape], **overrides})
 
 

@@ -490,7 +490,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_path(args.out, "--out")
     check_output_path(getattr(args, "markdown", None), "--markdown")
     check_config_depth(parse_configs(args.configs, args.window, args.sink, args.presets),
-                       model_config(args.shape).num_hidden_layers)
+                       model_config(args.shape, "--shape").num_hidden_layers)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -172,7 +172,7 @@ def check_args(args: argparse.Namespace) -> None:
     here), before any work: a ValueError naming the option."""
     device = check_device(args.device, "--device")
     check_output_path(args.out, "--out")
-    depth = model_config(args.shape).num_hidden_layers  # an unknown shape fails here, --layers or not
+    depth = model_config(args.shape, "--shape").num_hidden_layers  # an unknown shape fails here, --layers or not
     configs = parse_configs(args.configs, args.window, args.sink, args.presets)
     check_config_depth(configs, args.layers or depth)
     if any(c.hf_window is not None for c in configs):

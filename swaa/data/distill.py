@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         check_output_path(args.out, "--out")
         path = None if args.model == "default" else args.model
         prompts = read_prompts(args.prompts)
-        model, tokenizer = load_model(path, device=args.device), load_tokenizer(path)
+        model, tokenizer = load_model(path, device=args.device, where="--model"), load_tokenizer(path, "--model")
         if swaa is not None:
             apply_swaa(model, swaa)
         written = distill(model, tokenizer, prompts, args.out, args.batch_size, args.max_new_tokens)

@@ -34,23 +34,26 @@ def _named_configs(spec: Any, presets_path: str | Path | None, where: str) -> di
     return {str(name): resolve_swaa(value, presets, f"{where}: config {name}") for name, value in spec.items()}
 
 
-def load_grid(path: str | Path, presets_path: str | Path | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
+def load_grid(path: str | Path, presets_path: str | Path | None = None,
+              where: str | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
     """(configs, settings) from a grid YAML: `configs` plus optional defaults for GRID_SETTINGS, each checked as
-    GridSettings checks it. Errors are one line starting with the file."""
+    GridSettings checks it. Errors are one line starting with the file (after `where`, the flag that named it, if
+    given)."""
     path = Path(path)
-    data = read_yaml(path, "grid file")
+    source = f"{where} {path}" if where else str(path)
+    data = read_yaml(path, "grid file", source)
     if not isinstance(data, dict) or "configs" not in data:
-        raise ValueError(f"{path}: expected a mapping with a 'configs' key")
+        raise ValueError(f"{source}: expected a mapping with a 'configs' key")
     unknown = sorted(set(data) - {"configs", *GRID_SETTINGS}, key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown grid key(s) {unknown}; allowed: configs, {', '.join(GRID_SETTINGS)}")
+        raise ValueError(f"{source}: unknown grid key(s) {unknown}; allowed: configs, {', '.join(GRID_SETTINGS)}")
     settings = {k: v for k, v in data.items() if k != "configs"}
     for name, value in settings.items():
         try:
             _check_setting(name, value)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
-    return _named_configs(data["configs"], presets_path, str(path)), settings
+            raise ValueError(f"{source}: {e}") from e
+    return _named_configs(data["configs"], presets_path, source), settings
 
 
 def parse_swaa_spec(spec: str, presets_path: str | Path | None = None) -> dict[str, SWAAConfig]:
@@ -75,7 +78,7 @@ def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
     None = the default grid) and --configs (these configurations only, by name)."""
     grid_file = swaa if swaa and swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
     spec = bool(swaa) and grid_file == DEFAULT_GRID  # the default grid gives only its settings, from bundled presets
-    configs, settings = load_grid(grid_file, None if spec else presets_path)
+    configs, settings = load_grid(grid_file, None if spec else presets_path, "--swaa" if grid_file == swaa else None)
     if spec:
         configs = parse_swaa_spec(swaa, presets_path)
     if names:

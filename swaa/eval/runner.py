@@ -111,12 +111,12 @@ def _warn_short_answers(cells: list[Cell], tokenizer: PreTrainedTokenizerBase, m
                     "raise max_new_tokens to %d", max_new_tokens, short, max(short.values()))
 
 
-def _model_identity(model_path: str | Path | None) -> tuple[str, str, PretrainedConfig]:
+def _model_identity(model_path: str | Path | None, where: str) -> tuple[str, str, PretrainedConfig]:
     """(name, identity hash, config) of a model path or tiny spec, without loading its weights."""
     if is_tiny_spec(model_path):
-        return str(model_path), str(model_path), load_config(model_path)
+        return str(model_path), str(model_path), load_config(model_path, where)
     path = Path(model_path) if model_path is not None else default_model_path()
-    return str(path), path_identity(path), load_config(path)
+    return str(path), path_identity(path), load_config(path, where)
 
 
 def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
@@ -132,23 +132,23 @@ def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
 
 
 def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path: str | Path | None = None,
-              adapter: str | Path | None = None, loaded: LoadedModel | None = None) -> Plan:
+              adapter: str | Path | None = None, loaded: LoadedModel | None = None, where: str = "model") -> Plan:
     """Check the configs against the model's depth, the data and every prompt length against its context, and make
-    the cells; loads the tokenizer, not the model."""
+    the cells; loads the tokenizer, not the model. Errors about `model_path` name `where`."""
     if not configs or not all(isinstance(c, SWAAConfig) for c in configs.values()):
         raise ValueError(f"configs: expected a non-empty mapping name -> SWAAConfig, got {configs!r}")
     if loaded is not None and (model_path is not None or adapter is not None):
         raise ValueError("give a loaded model or a model path (with an adapter), not both")
     file_samples = load_eval_file(settings.data_file, limit=settings.n) if settings.data_file is not None else None
     if loaded is None:
-        model_name, model_id, model_config = _model_identity(model_path)
+        model_name, model_id, model_config = _model_identity(model_path, where)
     else:
         model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
     context = model_config.max_position_embeddings
     check_depth(configs, model_config.num_hidden_layers)
     if settings.lengths:
         _check_context({f"length {x}": x for x in settings.lengths}, context, settings.max_new_tokens)
-    tokenizer = load_tokenizer(model_path) if loaded is None else loaded.tokenizer
+    tokenizer = load_tokenizer(model_path, where) if loaded is None else loaded.tokenizer
     cells = _make_cells(settings, file_samples, tokenizer)
     prompt_tokens = {c.label: max(len(chat_token_ids(tokenizer, s.prompt)) for s in c.samples) for c in cells}
     _check_context(prompt_tokens, context, settings.max_new_tokens)
@@ -224,14 +224,15 @@ def _run_config(model: PreTrainedModel | PeftModel, plan: Plan, name: str, cells
 
 
 def run_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path: str | Path | None = None,
-             adapter: str | Path | None = None, loaded: LoadedModel | None = None) -> list[dict[str, Any]]:
+             adapter: str | Path | None = None, loaded: LoadedModel | None = None,
+             where: str = "model") -> list[dict[str, Any]]:
     """Accuracy of every (config, task, length) cell, stored in `settings.out_dir`; returns one record per cell, in
     grid order. Finished cells are read back, not re-run; everything is checked before a model loads.
 
-    `model_path`: Hugging Face folder, .gguf file, 'tiny:<family>:<layers>:<vocab>', or None (embedded SmolLM2);
-    `adapter`: a peft folder or train.py checkpoint; `loaded`: a model in memory instead of both.
+    `model_path`: Hugging Face folder, .gguf file, 'tiny:<family>:<layers>:<vocab>' or None (embedded SmolLM2), named
+    `where` in errors; `adapter`: a peft folder or train.py checkpoint; `loaded`: a model in memory instead of both.
     """
-    plan = plan_grid(configs, settings, model_path, adapter, loaded)
+    plan = plan_grid(configs, settings, model_path, adapter, loaded, where)
     todo = plan.unfinished(settings.speed)
     total = sum(map(len, todo.values()))
     log.info("%d of %d cells to run (the others are in %s)", total, len(configs) * len(plan.cells), plan.store.path)
