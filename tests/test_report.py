@@ -148,10 +148,14 @@ def test_cli_input_errors_are_parser_errors(tmp_path, capsys):
 @pytest.mark.parametrize("given, name, content, problem", [
     ("r", "r/results.jsonl", b'{"key_hash": "a", "accuracy": 1.0}\n',
      "13: not a SWAA result record (missing 'key', 'config_name', 'stderr', 'n', 'n_unparsed', 'speed')"),
+    ("r", "r/results.jsonl", b'{"key": {}, "key_hash": "a", "config_name": "c", "accuracy": "0.5", "stderr": null, '
+                             b'"n": 1, "n_unparsed": 0, "speed": null}\n',
+     "13: not a SWAA result record (field 'accuracy' is '0.5', expected a number)"),
     ("notes.txt", "notes.txt", b"some notes\n", "1: not a JSON record (Expecting value"),
     ("plot.png", "plot.png", b"\x89PNG\r\n\x1a\n", "1: not a JSON record ('utf-8' codec can't decode")])
 def test_cli_input_that_is_not_results_is_one_error_line_naming_it(tmp_path, capsys, given, name, content, problem):
-    """A result folder with a line that is not a record (after 12 that are), a text file, a binary file: exit 2."""
+    """A result folder with a line that is not a record (after 12 that are), or whose accuracy is text; a text file, a
+    binary file: exit 2."""
     _records(tmp_path / "r", speed=False)
     with open(tmp_path / name, "ab") as f:
         f.write(content)

@@ -5,10 +5,14 @@ import json
 import math
 import os
 
+from pathlib import Path
+
 import pytest
 
 from swaa.eval.results import (KEY_FIELDS, ResultStore, accuracy_stderr, key_hash, load_records, load_samples,
                                make_key, of_configs, of_tasks, path_identity, read_jsonl)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _key(**changes):
@@ -131,7 +135,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     ('{"key_hash": "a", "accuracy": 1.0}', "missing 'key', 'config_name', 'stderr', 'n', 'n_unparsed', 'speed'"),
     ('[1, 2]', "not a JSON object"),
     ('{"key": "k", "key_hash": "a", "config_name": "c", "accuracy": 1, "stderr": 0, "n": 1, "n_unparsed": 0, '
-     '"speed": null}', "its 'key' is not a JSON object")])
+     '"speed": null}', "field 'key' is 'k', expected a JSON object")])
 def test_a_line_that_is_not_a_result_record_is_an_error_naming_file_line_and_what_is_missing(tmp_path, line, problem):
     _add(ResultStore(tmp_path), _key())
     with open(tmp_path / "results.jsonl", "a") as f:
@@ -149,6 +153,37 @@ def test_a_record_whose_key_lacks_key_fields_is_an_error_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"other.jsonl:1: not a SWAA result record \(its key is missing 'task', "
                                          r"'length'\)"):
         load_records(tmp_path / "other.jsonl")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("accuracy", "x", "a number"), ("accuracy", True, "a number"), ("accuracy", None, "a number"),
+    ("stderr", "0.1", "a number or null"), ("n", 4.0, "an int"), ("n", False, "an int"), ("n_unparsed", None, "an int"),
+    ("config_name", 3, "a string"), ("key_hash", None, "a string"), ("speed", [1.0], "a JSON object or null"),
+])
+def test_a_record_field_of_another_type_is_an_error_naming_file_line_field_and_value(tmp_path, field, value, expected):
+    """What the readers would fail on later (a TypeError in a table, a wrong sum); JSON true/false are no numbers."""
+    record = _add(ResultStore(tmp_path / "store"), _key())
+    (tmp_path / "other.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, field: value}) + "\n")
+    with pytest.raises(ValueError) as e:
+        load_records(tmp_path / "other.jsonl")
+    assert str(e.value) == (f"{tmp_path / 'other.jsonl'}:2: not a SWAA result record (field {field!r} is {value!r}, "
+                            f"expected {expected})")
+
+
+def test_records_as_written_read_back_and_null_stderr_is_allowed(tmp_path):
+    """One non-binary score has a NaN stderr (written as NaN); a record from elsewhere may give null instead."""
+    record = _add(ResultStore(tmp_path), _key(), scores=(0.5,))
+    assert math.isnan(ResultStore(tmp_path).get(_key())["stderr"]) and record["speed"] is None
+    (tmp_path / "other.jsonl").write_text(json.dumps({**record, "stderr": None, "accuracy": 1}) + "\n")
+    assert load_records(tmp_path / "other.jsonl")[0]["stderr"] is None
+
+
+def test_every_committed_results_file_passes_the_record_check():
+    """records/*/results.jsonl (behind RESULTS.md) and the test fixture: every line is a SWAA result record."""
+    committed = sorted((ROOT / "records").glob("*/results.jsonl"))
+    assert committed, "no records/*/results.jsonl found"
+    for path in [*committed, ROOT / "tests" / "fixtures" / "results" / "results.jsonl"]:
+        assert read_jsonl(path, results=True), f"{path} holds no records"
 
 
 def test_a_file_that_is_not_text_is_an_error_naming_it(tmp_path):

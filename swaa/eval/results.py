@@ -28,8 +28,12 @@ KEY_FIELDS = ("model", "model_id", "adapter", "adapter_id", "swaa_tag", "swaa", 
 """Every field of a record key; two cells share a record only if all of them are equal."""
 DEFAULTED_KEY_FIELDS = {"backend": "auto"}
 """Key fields left out of the key at their default value, so records made before the field existed keep their keys."""
-RECORD_FIELDS = ("key", "key_hash", "config_name", "accuracy", "stderr", "n", "n_unparsed", "speed")
-"""The fields of a result record that its readers use (ResultStore.add writes these and more)."""
+RECORD_FIELDS = {"key": ((dict,), "a JSON object"), "key_hash": ((str,), "a string"),
+                 "config_name": ((str,), "a string"), "accuracy": ((int, float), "a number"),
+                 "stderr": ((int, float, type(None)), "a number or null"), "n": ((int,), "an int"),
+                 "n_unparsed": ((int,), "an int"), "speed": ((dict, type(None)), "a JSON object or null")}
+"""The fields of a result record that its readers use (ResultStore.add writes these and more): the JSON types they
+read, and those types in words (true and false are no numbers)."""
 
 
 def _digest(text: str) -> str:
@@ -110,14 +114,16 @@ def accuracy_stderr(scores: list[float]) -> tuple[float, float]:
 
 
 def _record_problem(record: Any) -> str | None:
-    """What keeps `record` from being a SWAA result record (a missing field or key field); None if nothing."""
+    """What keeps `record` from being a SWAA result record (a missing field, a field of another type, a missing key
+    field); None if nothing."""
     if not isinstance(record, dict):
         return "not a JSON object"
     missing = [name for name in RECORD_FIELDS if name not in record]
     if missing:
         return f"missing {', '.join(map(repr, missing))}"
-    if not isinstance(record["key"], dict):
-        return "its 'key' is not a JSON object"
+    for name, (types, expected) in RECORD_FIELDS.items():
+        if isinstance(record[name], bool) or not isinstance(record[name], types):
+            return f"field {name!r} is {record[name]!r}, expected {expected}"
     missing = [name for name in KEY_FIELDS if name not in record["key"]]
     return f"its key is missing {', '.join(map(repr, missing))}" if missing else None
 
