@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = GridSettings(**{**grid, **overrides}, scorer=args.scorer, data_file=args.data,
                                 judge_model=args.judge_model, speed=args.speed, decode=args.decode,
                                 backend=args.backend, device=args.device, out_dir=args.out)
-        records = run_grid(configs, settings, args.model, args.adapter, where="--model")
+        records = run_grid(configs, settings, args.model, args.adapter, where="--model", judge_where="--judge-model")
         paths = write_report(records, args.out)
     except (ValueError, FileNotFoundError) as e:
         exit_input_error("evaluate.py", e)

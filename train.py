@@ -34,6 +34,7 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,  # the swaa.data loaders split batches over ranks themselves
 }
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself, as does registry[:X]
+MODEL_FLAG = "--model.model"  # the model path, named so in its errors; the data module's tokenizer is linked to it
 
 
 def ckpt_path_error(path: str | None) -> str | None:
@@ -51,18 +52,20 @@ def ckpt_path_error(path: str | None) -> str | None:
     return None
 
 
-def check_sample_lengths(datamodule: LightningDataModule, model: str | None) -> None:
-    """The data fields that bound a sample's length (ChatDataModule.length_fields) must not exceed the model's context
-    (max_position_embeddings, read from its config alone): transformers would only warn."""
+def check_model_and_data(datamodule: LightningDataModule, model: str | None) -> None:
+    """The model (its config alone) and a ChatDataModule's tokenizer (loaded here), errors naming MODEL_FLAG; the data
+    fields that bound a sample's length (ChatDataModule.length_fields) must not exceed the model's context
+    (max_position_embeddings): transformers would only warn."""
+    context = getattr(load_config(model, MODEL_FLAG), "max_position_embeddings", None)
     if not isinstance(datamodule, ChatDataModule):
         return
-    context = getattr(load_config(model), "max_position_embeddings", None)
     for field, value in datamodule.length_fields().items():
         longest = max(value) if isinstance(value, list) else value
         if context is not None and longest > context:
             raise ValueError(f"data.init_args.{field}={value}: {longest} tokens is longer than the context of model "
                              f"{model or 'SmolLM2 (default)'}; expected values <= {context} (its "
                              f"max_position_embeddings)")
+    datamodule.load_tokenizer(MODEL_FLAG)
 
 
 class SWAACLI(LightningCLI):
@@ -103,13 +106,13 @@ class SWAACLI(LightningCLI):
         return super().instantiate_trainer(plugins=[*plugins, AtomicCheckpointIO()], callbacks=callbacks, **kwargs)
 
     def before_fit(self) -> None:
-        """Sample lengths beyond the model's context are an error, before any data is made; a fit without
-        `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it: refuse."""
-        check_sample_lengths(self.datamodule, self.model.hparams.model)
+        """A fit without `--ckpt_path` beside an existing run's last.ckpt would write last-v1.ckpt next to it: refuse;
+        a bad model or tokenizer and sample lengths beyond the model's context are errors, before any data is made."""
         found = last_checkpoints(self.trainer)
         if self._get(self.config, "ckpt_path") is None and found:
             raise SystemExit(f"train.py: a run already exists at {found[0].parent} ({found[0].name}): resume it with "
                              f"--ckpt_path last, or move that folder away to start fresh")
+        check_model_and_data(self.datamodule, self.model.hparams.model)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> SWAACLI:

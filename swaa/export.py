@@ -25,8 +25,8 @@ from swaa.tiny import is_tiny_spec
 log = logging.getLogger(__name__)
 
 
-def _base_model(spec: str) -> PreTrainedModel:
-    return load_model(None if spec.startswith("embedded:") else spec, dtype="auto")
+def _base_model(spec: str, where: str) -> PreTrainedModel:
+    return load_model(None if spec.startswith("embedded:") else spec, dtype="auto", where=where)
 
 
 def _unquantized(model: PreTrainedModel) -> PreTrainedModel:
@@ -60,8 +60,9 @@ def _umask_file_modes(folder: Path) -> None:
 
 
 def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | None = None,
-           overwrite: bool = False) -> Path:
-    """Write the trained model (merge) or adapter of `ckpt` to `out`; `model` overrides the base model path."""
+           overwrite: bool = False, where: str = "model") -> Path:
+    """Write the trained model (merge) or adapter of `ckpt` to `out`; `model` overrides the base model path, named
+    `where` in errors."""
     out = Path(out)
     check_output_path(out, "--out", folder=True)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -69,7 +70,7 @@ def export(ckpt: str | Path, out: str | Path, merge: bool = False, model: str | 
     checkpoint = read_checkpoint(ckpt)
     fingerprint = checkpoint[FINGERPRINT_KEY]
     spec = model or fingerprint["model"]
-    trained = load_adapter(_base_model(spec), ckpt)
+    trained = load_adapter(_base_model(spec, where if model else "model"), ckpt)
     if not merge and not isinstance(trained, PeftModel):
         raise ValueError(f"{ckpt} is a full fine-tune (no adapter to save alone); export it with --merge")
     trained_dtype = next(iter(checkpoint["state_dict"].values())).dtype  # bf16 for bf16-true runs
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        export(args.ckpt, args.out, merge=args.merge, model=args.model, overwrite=args.overwrite)
+        export(args.ckpt, args.out, merge=args.merge, model=args.model, overwrite=args.overwrite, where="--model")
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad paths and checkpoints; bugs keep a traceback
         sys.exit(f"swaa.export: error: {e}")
 

@@ -76,6 +76,22 @@ def test_bad_model_names_the_flag_before_loading(monkeypatch, tmp_path, capsys, 
     assert error_line(capsys, argv).startswith(f"evaluate.py: error: {message.format(tmp=tmp_path)}")
 
 
+@pytest.mark.parametrize("judge, message", [
+    ("tiny:llama:0:49152", "--judge-model='tiny:llama:0:49152': need layers >= 1 and vocab >= 2"),
+    ("{tmp}/judge", "--judge-model {tmp}/judge: expected a Hugging Face folder with config.json or a .gguf file"),
+    ("{tmp}/missing", "--judge-model {tmp}/missing: expected a Hugging Face folder with config.json or a .gguf file"),
+])
+def test_bad_judge_model_names_the_flag_before_loading(monkeypatch, tmp_path, capsys, judge, message):
+    """The flag the user typed, not the library's `judge_model` (nor a bare path that does not exist), before the
+    tokenizer or any weights load."""
+    for name in ("load_tokenizer", "_load_model"):
+        monkeypatch.setattr(runner, name, lambda *a: pytest.fail("a model or tokenizer was loaded before the error"))
+    (tmp_path / "judge").mkdir()  # a folder without config.json
+    argv = ["--model", "tiny:llama:2:49152", "--scorer", "judge", "--judge-model", judge.format(tmp=tmp_path), "--swaa",
+            "fa", "--tasks", "passkey", "--lengths", "256", "--n", "1", "--out", str(tmp_path / "out")]
+    assert error_line(capsys, argv) == f"evaluate.py: error: {message.format(tmp=tmp_path)}"
+
+
 def test_unknown_scorer_names_the_flag_and_the_choices(no_loading, capsys):
     line = error_line(capsys, ["--scorer", "bogus"])
     assert re.search(r": error: argument --scorer: invalid choice: 'bogus' \(choose from .*exact.*judge", line)
@@ -147,7 +163,7 @@ def test_data_file_is_evaluated_whole_unless_n_is_given(monkeypatch, capsys):
     """The grid's n (2 in the default grid) is for synthetic tasks: --data takes every row, --n the first n."""
     seen = []
 
-    def settings_of(configs, settings, model, adapter, where):
+    def settings_of(configs, settings, model, adapter, where, judge_where):
         seen.append(settings.n)
         raise ValueError("stop here")
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from swaa import SWAAConfig, apply_swaa
 from swaa.checkpoints import FINGERPRINT_KEY, MODULE_PREFIX, atomic_torch_save, make_fingerprint
 from swaa.generation import generate_answers
-from swaa.export import export
+from swaa.export import export, main
 from swaa.lora import LoRASettings, add_lora
 from swaa.models import load_model, load_tokenizer
 
@@ -100,3 +100,20 @@ def test_cli_names_a_missing_checkpoint_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"swaa.export: error: checkpoint {tmp_path / 'nope.ckpt'} not found"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model, message", [
+    ("tiny:llama:0:128", "--model='tiny:llama:0:128': need layers >= 1 and vocab >= 2"),
+    ("{tmp}/moved", "--model {tmp}/moved: expected a Hugging Face folder with config.json or a .gguf file"),
+    (None, "model {tmp}/moved: expected a Hugging Face folder with config.json or a .gguf file"),
+], ids=["bad_tiny_spec", "bad_model_path", "checkpoint_model_path"])
+def test_cli_names_the_model_flag_only_when_given(tmp_path, model, message):
+    """A bad --model is named as the flag; a checkpoint's own model path that moved keeps the library's `model`."""
+    ckpt = random_adapter(TINY, tmp_path / "a.ckpt")[1]
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint[FINGERPRINT_KEY]["model"] = str(tmp_path / "moved")
+    atomic_torch_save(checkpoint, ckpt)
+    flags = [] if model is None else ["--model", model.format(tmp=tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt", str(ckpt), "--out", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == f"swaa.export: error: {message.format(tmp=tmp_path)}"

@@ -116,6 +116,14 @@ def test_length_beyond_context_fails_before_loading(no_loading, tmp_path):
                  _model_folder(tmp_path, 4096))
 
 
+def test_bad_judge_model_fails_before_loading(no_loading, tmp_path):
+    settings = GridSettings(tasks=["passkey"], lengths=[256], scorer="judge", judge_model=tmp_path / "judge",
+                            out_dir=tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        run_grid(CONFIGS, settings, _model_folder(tmp_path, 4096))
+    assert str(error.value).startswith(f"judge_model {tmp_path / 'judge'}: expected a Hugging Face folder")
+
+
 def test_prompt_tokens_beyond_context_fail_before_model_loading(smollm2_tokenizer, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")

@@ -219,7 +219,15 @@ def sft_file(tmp_path: Path, name: str, content: str) -> list[str]:
      "cannot read data file {tmp}/bad.jsonl: line 2: invalid JSON (Expecting ':' delimiter, column 27)"),
     (lambda tmp: sft_file(tmp, "empty.jsonl", ""), "data file {tmp}/empty.jsonl is empty"),
     (lambda tmp: ["--model.init_weights", str(tmp / "nope.ckpt")], "checkpoint {tmp}/nope.ckpt not found"),
-], ids=["bad_value", "malformed_jsonl", "empty_jsonl", "missing_checkpoint"])
+    (lambda tmp: ["--model.model", "tiny:llama:0:49152"],
+     "--model.model='tiny:llama:0:49152': need layers >= 1 and vocab >= 2"),
+    (lambda tmp: ["--model.model", "tiny:llama:2:256"],
+     "--model.model='tiny:llama:2:256': vocab 256 is smaller than the SmolLM2 tokenizer's 49152 tokens that text tasks "
+     "use; give a vocab >= 49152"),
+    (lambda tmp: ["--model.model", str(tmp / "model")],
+     "--model.model {tmp}/model: expected a Hugging Face folder with config.json or a .gguf file"),
+], ids=["bad_value", "malformed_jsonl", "empty_jsonl", "missing_checkpoint", "bad_tiny_spec", "tiny_vocab",
+        "bad_model_path"])
 def test_main_turns_user_errors_into_one_line(tmp_path, monkeypatch, extra, message):
     """What sys.exit prints (to stderr, exit status 1): one line naming the value, file and line, no traceback."""
     monkeypatch.chdir(tmp_path)

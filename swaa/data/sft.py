@@ -148,8 +148,12 @@ class ChatDataModule(L.LightningDataModule):
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.load_tokenizer()
+
+    def load_tokenizer(self, where: str = "model") -> PreTrainedTokenizerBase:
+        """The tokenizer, loaded on first use; errors about `tokenizer_path` name `where` (train.py: --model.model)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
+            self._tokenizer = load_tokenizer(self.tokenizer_path, where)
         return self._tokenizer
 
     def length_fields(self) -> dict[str, int | list[int]]:

@@ -132,9 +132,11 @@ def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
 
 
 def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path: str | Path | None = None,
-              adapter: str | Path | None = None, loaded: LoadedModel | None = None, where: str = "model") -> Plan:
+              adapter: str | Path | None = None, loaded: LoadedModel | None = None, where: str = "model",
+              judge_where: str = "judge_model") -> Plan:
     """Check the configs against the model's depth, the data and every prompt length against its context, and make
-    the cells; loads the tokenizer, not the model. Errors about `model_path` name `where`."""
+    the cells; loads the tokenizer, not the model. Errors about `model_path` name `where`, about the judge model
+    `judge_where`."""
     if not configs or not all(isinstance(c, SWAAConfig) for c in configs.values()):
         raise ValueError(f"configs: expected a non-empty mapping name -> SWAAConfig, got {configs!r}")
     if loaded is not None and (model_path is not None or adapter is not None):
@@ -144,6 +146,8 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
         model_name, model_id, model_config = _model_identity(model_path, where)
     else:
         model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
+    if settings.judge_model is not None:
+        load_config(settings.judge_model, judge_where)
     context = model_config.max_position_embeddings
     check_depth(configs, model_config.num_hidden_layers)
     if settings.lengths:
@@ -225,14 +229,15 @@ def _run_config(model: PreTrainedModel | PeftModel, plan: Plan, name: str, cells
 
 def run_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path: str | Path | None = None,
              adapter: str | Path | None = None, loaded: LoadedModel | None = None,
-             where: str = "model") -> list[dict[str, Any]]:
+             where: str = "model", judge_where: str = "judge_model") -> list[dict[str, Any]]:
     """Accuracy of every (config, task, length) cell, stored in `settings.out_dir`; returns one record per cell, in
     grid order. Finished cells are read back, not re-run; everything is checked before a model loads.
 
     `model_path`: Hugging Face folder, .gguf file, 'tiny:<family>:<layers>:<vocab>' or None (embedded SmolLM2), named
-    `where` in errors; `adapter`: a peft folder or train.py checkpoint; `loaded`: a model in memory instead of both.
+    `where` in errors; `adapter`: a peft folder or train.py checkpoint; `loaded`: a model in memory instead of both;
+    `judge_where` names `settings.judge_model` in errors.
     """
-    plan = plan_grid(configs, settings, model_path, adapter, loaded, where)
+    plan = plan_grid(configs, settings, model_path, adapter, loaded, where, judge_where)
     todo = plan.unfinished(settings.speed)
     total = sum(map(len, todo.values()))
     log.info("%d of %d cells to run (the others are in %s)", total, len(configs) * len(plan.cells), plan.store.path)
