@@ -223,7 +223,7 @@ def test_adapter_load_and_export_never_ask_the_hub(trained, tmp_path, monkeypatc
 
     monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
     base_model = swaa.export._base_model
-    monkeypatch.setattr(swaa.export, "_base_model", lambda spec: named(base_model(spec)))
+    monkeypatch.setattr(swaa.export, "_base_model", lambda spec, where: named(base_model(spec, where)))
     folder = export(trained[1], tmp_path / "adapter")
     model = add_lora(named(build_tiny_model(TINY)), LoRASettings(rank=4))
     load_trained_weights(model, folder)
