@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 from swaa import SWAAConfig
 from swaa.attention import BACKENDS
 from swaa.config import presets_with, read_yaml, resolve_swaa
