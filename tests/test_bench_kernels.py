@@ -76,6 +76,14 @@ def test_check_error_passes_a_correct_backend_and_catches_a_forgotten_window(mon
     assert check_error(chunked, **args) > bench_kernels.TOLERANCE
 
 
+def test_flex_without_a_window_is_causal_attention():
+    """The `flex_causal` row: flex with window None passes the float64 gate as plain causal attention, sinks or not."""
+    args = dict(hq=4, hkv=2, d=16, dtype=torch.float32, device=torch.device("cpu"), n=256)
+    flex = functools.partial(backend_call, "flex")
+    assert check_error(flex, None, 0, **args) < 1e-5
+    assert check_error(flex, None, 4, **args) < 1e-5
+
+
 def test_a_kernel_that_raises_is_a_failed_check_and_never_timed():
     """FA4's own window has no sinks: asking for them fails the case (NaN error), so the bench reports FAILED."""
     q = torch.randn(1, 2, 8, 4)

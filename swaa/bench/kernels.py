@@ -150,7 +150,7 @@ def _swaa_case(make_call: Callable, tune: dict | None, window: int | None, sink:
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
-    """Time causal SDPA (and FA4's causal kernels where flash-attn-4 runs), then flash, cudnn (when
+    """Time causal SDPA, Triton flex's causal kernel (and FA4's where flash-attn-4 runs), then flash, cudnn (when
     nvidia-cudnn-frontend is installed), fa4, flex (once per entry of `flex_tunings`: kernel_options plus an optional
     compile_mode) and, without sinks, FA4's own window at each sink count; SWA rows get their time over (visible-pair
     share x each causal kernel's)."""
@@ -162,6 +162,8 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     cases = _causal_cases(q, kk, vv, dout)
     fa4 = fa4_unavailable() is None
     flex = functools.partial(backend_call, "flex")
+    # Triton flex with a causal block mask: the rate per pair a Triton kernel of flex's template reaches without a band
+    cases.append(_swaa_case(flex, None, None, 0, q, k, v, dout, label="flex_causal"))
     if fa4:  # FlashAttention-4's causal kernel: on flex's FLASH backend with a causal block mask, and its own
         cases.append(_swaa_case(flex, FA4_KERNEL_OPTIONS, None, 0, q, k, v, dout, label="fa4_causal"))
         cases.append(_swaa_case(fa4_native_call, None, None, 0, q, k, v, dout, label="fa4_native_causal"))
