@@ -124,6 +124,14 @@ def test_bad_judge_model_fails_before_loading(no_loading, tmp_path):
     assert str(error.value).startswith(f"judge_model {tmp_path / 'judge'}: expected a Hugging Face folder")
 
 
+def test_a_tiny_judge_spec_is_a_judge_model(model, smollm2_tokenizer, tmp_path):
+    """A tiny spec judges like a folder: its spec is its identity in the scorer key (no file to hash)."""
+    spec = f"tiny:llama:1:{len(smollm2_tokenizer)}"
+    settings = GridSettings(tasks=["passkey"], lengths=[256], n=1, scorer="judge", judge_model=spec, out_dir=tmp_path)
+    plan = runner.plan_grid(CONFIGS, settings, loaded=LoadedModel(model, smollm2_tokenizer, "tiny-llama-2"))
+    assert plan.scorer == f"judge:{spec}:{spec}"
+
+
 def test_prompt_tokens_beyond_context_fail_before_model_loading(smollm2_tokenizer, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")

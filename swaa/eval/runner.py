@@ -116,7 +116,8 @@ def _model_identity(model_path: str | Path | None, where: str) -> tuple[str, str
     if is_tiny_spec(model_path):
         return str(model_path), str(model_path), load_config(model_path, where)
     path = Path(model_path) if model_path is not None else default_model_path()
-    return str(path), path_identity(path), load_config(path, where)
+    config = load_config(path, where)  # its error names `where`, before hashing a path that may not exist
+    return str(path), path_identity(path), config
 
 
 def _make_cells(settings: GridSettings, file_samples: list[Sample] | None,
@@ -146,8 +147,7 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
         model_name, model_id, model_config = _model_identity(model_path, where)
     else:
         model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
-    if settings.judge_model is not None:
-        load_config(settings.judge_model, judge_where)
+    judge = None if settings.judge_model is None else _model_identity(settings.judge_model, judge_where)[:2]
     context = model_config.max_position_embeddings
     check_depth(configs, model_config.num_hidden_layers)
     if settings.lengths:
@@ -157,12 +157,11 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
     prompt_tokens = {c.label: max(len(chat_token_ids(tokenizer, s.prompt)) for s in c.samples) for c in cells}
     _check_context(prompt_tokens, context, settings.max_new_tokens)
     _warn_short_answers(cells, tokenizer, settings.max_new_tokens)
-    judge = settings.judge_model
     common_key = {"model": model_name, "model_id": model_id, "adapter": None if adapter is None else str(adapter),
                   "adapter_id": path_identity(adapter), "seed": settings.seed,
                   "max_new_tokens": settings.max_new_tokens, "prompt_template": text_identity(tokenizer.chat_template),
                   "data_id": path_identity(settings.data_file), "backend": settings.backend}
-    scorer = f"{JUDGE}:{judge}:{path_identity(judge)}" if judge is not None else settings.scorer
+    scorer = f"{JUDGE}:{judge[0]}:{judge[1]}" if judge is not None else settings.scorer
     return Plan(configs, cells, prompt_tokens, tokenizer, ResultStore(settings.out_dir), common_key, scorer)
 
 
