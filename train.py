@@ -114,6 +114,12 @@ class SWAACLI(LightningCLI):
                              f"--ckpt_path last, or move that folder away to start fresh")
         check_model_and_data(self.datamodule, self.model.hparams.model)
 
+    def before_validate(self) -> None:
+        """validate, test and predict check the model, tokenizer and sample lengths as fit does."""
+        check_model_and_data(self.datamodule, self.model.hparams.model)
+
+    before_test = before_predict = before_validate
+
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> SWAACLI:
     return SWAACLI(SWAAFineTuner, LightningDataModule, subclass_mode_data=True, args=args, run=run,

@@ -236,6 +236,16 @@ def test_main_turns_user_errors_into_one_line(tmp_path, monkeypatch, extra, mess
     assert exit_info.value.code == "train.py: error: " + message.replace("{tmp}", str(tmp_path))
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands_name_the_model_flag_too(tmp_path, monkeypatch, subcommand):
+    """validate / test / predict check the model before data is made, as fit does."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", SMOKE, "--model.model", "tiny:llama:0:49152"])
+    message = "--model.model='tiny:llama:0:49152': need layers >= 1 and vocab >= 2"
+    assert exit_info.value.code == f"train.py: error: {message}"
+
+
 @pytest.mark.slow
 def test_ctrl_c_prints_what_was_saved_and_exits_130_then_the_run_resumes(tmp_path, monkeypatch):
     """SIGINT after the first checkpoint: one line naming last.ckpt and --ckpt_path last (not Lightning's notice and
