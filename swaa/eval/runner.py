@@ -147,7 +147,8 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
         model_name, model_id, model_config = _model_identity(model_path, where)
     else:
         model_name, model_id, model_config = loaded.model_id, loaded.model_id, loaded.model.config
-    judge = None if settings.judge_model is None else _model_identity(settings.judge_model, judge_where)[:2]
+    judge_scorer = None if settings.judge_model is None else ":".join(
+        (JUDGE, *_model_identity(settings.judge_model, judge_where)[:2]))  # judge:<name>:<identity>
     context = model_config.max_position_embeddings
     check_depth(configs, model_config.num_hidden_layers)
     if settings.lengths:
@@ -161,8 +162,8 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
                   "adapter_id": path_identity(adapter), "seed": settings.seed,
                   "max_new_tokens": settings.max_new_tokens, "prompt_template": text_identity(tokenizer.chat_template),
                   "data_id": path_identity(settings.data_file), "backend": settings.backend}
-    scorer = f"{JUDGE}:{judge[0]}:{judge[1]}" if judge is not None else settings.scorer
-    return Plan(configs, cells, prompt_tokens, tokenizer, ResultStore(settings.out_dir), common_key, scorer)
+    return Plan(configs, cells, prompt_tokens, tokenizer, ResultStore(settings.out_dir), common_key,
+                judge_scorer or settings.scorer)
 
 
 def _load_model(model_path: str | Path | None, adapter: str | Path | None, device: str) -> PreTrainedModel | PeftModel:
