@@ -29,9 +29,9 @@ def attention64(q, k, v, mask, scale):
     return (probs @ v).transpose(1, 2)
 
 
-def random_case(rng: random.Random, device, dtype, lq=None, lk=None):
+def random_case(rng: random.Random, device, dtype, lq=None, lk=None, d=None):
     """Random batch: left padding, per-row prompt lengths, q_len <= k_len (decode steps), GQA."""
-    b, hkv, g, d = rng.randint(1, 3), rng.choice([1, 2]), rng.choice([1, 2, 3]), rng.choice([16, 32])
+    b, hkv, g, d = rng.randint(1, 3), rng.choice([1, 2]), rng.choice([1, 2, 3]), d or rng.choice([16, 32])
     lk = lk or rng.choice([1, 5, 37, 64, 130, 200])
     lq = lq or rng.choice([lk, lk, 1, min(lk, 3), min(lk, 17)])
     pads = [rng.randint(0, max(0, lk - lq)) if rng.random() < 0.7 else 0 for _ in range(b)]
@@ -97,10 +97,10 @@ def test_long_sequences_cuda(name, seed):
     check(name, "cuda", torch.bfloat16, seed, lq=2000, lk=2000)
 
 
-def check_half_gradients(name, seed, lq, lk):
+def check_half_gradients(name, seed, lq, lk, d=None):
     """bf16 gradients of q, k, v within 2% (relative norm) of float64 autograd, on a random padded case."""
     rng = random.Random(200 + seed)
-    (q, k, v), x = random_case(rng, "cuda", torch.bfloat16, lq=lq or rng.choice([None, 300]), lk=lk)
+    (q, k, v), x = random_case(rng, "cuda", torch.bfloat16, lq=lq or rng.choice([None, 300]), lk=lk, d=d)
     mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, x.window, x.sink, x.kind)
     rows = (x.q_pos >= 0)[..., None, None].double()
     weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64, device="cuda",
@@ -122,6 +122,15 @@ def check_half_gradients(name, seed, lq, lk):
 def test_half_precision_gradients_cuda(name, seed):
     """Random paddings and configs, 300 keys, 300 queries or a random short query block."""
     check_half_gradients(name, seed, None, 300)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("name", ["flex", FA4, "flash", CUDNN])
+def test_half_precision_gradients_model_head_dims_cuda(name, d):
+    """The head dimensions of real models (64: SmolLM2-135M, 128: Qwen3, Llama); the cases above use 16 and 32."""
+    for seed in range(4):
+        check_half_gradients(name, seed, None, 300, d)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
