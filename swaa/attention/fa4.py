@@ -1,7 +1,8 @@
 """Backend 'auto' with FlexAttention's FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL
 kernels from `flash-attn-4`) as its flex kernel for SWA prefill: the block mask and mask_mod of 'flex', band and sink
 tiles in one pass. Calls that need gradients keep the Triton flex kernel: on sm90, FA4's block-sparse backward
-(4.0.0b36) failed the float64 gradient check at random (BENCHMARKS.md). Other calls are routed as in 'auto'.
+(4.0.0b36, 4.0.0b40) failed the float64 gradient check at head dimension 16 (BENCHMARKS.md). Other calls are routed
+as in 'auto'.
 
 Needs CUDA compute capability >= 9.0 (Hopper, Blackwell) and `pip install flash-attn-4`.
 """
