@@ -21,7 +21,7 @@ def bench_help(*args: str) -> str:
     return done.stdout
 
 
-def test_every_job_runs_without_the_training_data_libraries():
+def test_every_job_imports_without_the_training_data_libraries():
     """The GPU machine has no `datasets`: the benchmarks (the train job's loss included) must not import it."""
     code = "import sys; sys.modules['datasets'] = None; from swaa.bench.__main__ import main; main(['train', '--help'])"
     done = subprocess.run([sys.executable, "-c", code], cwd="/tmp", env={**os.environ, "PYTHONPATH": str(REPO)},
