@@ -172,20 +172,22 @@ def test_cuda_backends_refuse_cpu(name):
         call_backend(name, q, k, v, x)
 
 
-def test_fa4_runs_flash_kernels_only_for_calls_without_gradients(monkeypatch):
-    """FA4's sm90 backward failed the float64 gradient checks (head dimension 16): calls with gradients take Triton."""
+@pytest.mark.parametrize("head_dim, trusted", [(16, False), (32, False), (64, True), (128, True), (256, False)])
+def test_fa4_runs_flash_backward_only_at_trusted_head_dims(monkeypatch, head_dim, trusted):
+    """FA4's sm90 backward failed the float64 gradient checks at head dimension 16: calls with gradients take Triton
+    flex except at the head dimensions where it passed; calls without gradients always run FA4."""
     from swaa.attention import fa4, flex
     seen = []
     monkeypatch.setattr(fa4, "fa4_unavailable", lambda index: None)
     monkeypatch.setattr(fa4, "auto_attention", lambda *args, **kwargs: seen.append(flex._TUNING.get()[0]))
     cuda = torch.device("cuda", 0)
-    query, key, value = (SimpleNamespace(device=cuda, requires_grad=True) for _ in range(3))
+    query, key, value = (SimpleNamespace(device=cuda, requires_grad=True, shape=(1, 2, 3, head_dim)) for _ in range(3))
     fa4.fa4_attention_fn(None, query, key, value)  # training: gradients recorded
     with torch.no_grad():
         fa4.fa4_attention_fn(None, query, key, value)  # prefill, evaluation
-    frozen = SimpleNamespace(device=cuda, requires_grad=False)
+    frozen = SimpleNamespace(device=cuda, requires_grad=False, shape=(1, 2, 3, head_dim))
     fa4.fa4_attention_fn(None, frozen, frozen, frozen)  # grad mode on, nothing to differentiate
-    assert seen == [{}, fa4.KERNEL_OPTIONS, fa4.KERNEL_OPTIONS]
+    assert seen == [fa4.KERNEL_OPTIONS if trusted else {}, fa4.KERNEL_OPTIONS, fa4.KERNEL_OPTIONS]
 
 
 def test_flash_ignores_a_flash_attn_without_the_varlen_kernel(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Backend 'auto' with FlexAttention's FlashAttention-4 backend (`kernel_options={"BACKEND": "FLASH"}`, CuTe DSL
 kernels from `flash-attn-4`) as its flex kernel for SWA prefill: the block mask and mask_mod of 'flex', band and sink
-tiles in one pass. Calls that need gradients keep the Triton flex kernel: on sm90, FA4's block-sparse backward
-(4.0.0b36, 4.0.0b40) failed the float64 gradient check at head dimension 16 (BENCHMARKS.md). Other calls are routed
-as in 'auto'.
+tiles in one pass. Calls that need gradients use FA4's backward at the head dimensions where it passed the float64
+gradient check on sm90 (TRUSTED_BACKWARD_HEAD_DIMS) and the Triton flex kernel at others: at head dimension 16 it
+failed (4.0.0b36, 4.0.0b40; BENCHMARKS.md). Other calls are routed as in 'auto'.
 
 Needs CUDA compute capability >= 9.0 (Hopper, Blackwell) and `pip install flash-attn-4`.
 """
@@ -19,6 +19,7 @@ from swaa.attention.flex import tuning
 from swaa.attention.inputs import needs_grad
 
 KERNEL_OPTIONS = {"BACKEND": "FLASH"}
+TRUSTED_BACKWARD_HEAD_DIMS = (64, 128)  # test_half_precision_gradients_model_head_dims_cuda passed on sm90
 
 
 @functools.cache
@@ -35,14 +36,14 @@ def fa4_unavailable(device_index: int | None = None) -> str | None:
 
 
 def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Attention with transformers' signature: 'auto' with FlashAttention-4 kernels for its flex calls without
-    gradients."""
+    """Attention with transformers' signature: 'auto' with FlashAttention-4 kernels for its flex calls (with gradients
+    only at the trusted head dimensions)."""
     if query.device.type != "cuda":
         raise RuntimeError(f"backend 'fa4' needs a CUDA device, got {query.device}")
     reason = fa4_unavailable(query.device.index)
     if reason is not None:
         raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
-    if needs_grad(query, key, value):  # training: Triton flex
+    if needs_grad(query, key, value) and query.shape[-1] not in TRUSTED_BACKWARD_HEAD_DIMS:  # Triton flex
         return auto_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     with tuning(KERNEL_OPTIONS):
         return auto_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
