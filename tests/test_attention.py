@@ -172,24 +172,6 @@ def test_cuda_backends_refuse_cpu(name):
         call_backend(name, q, k, v, x)
 
 
-@pytest.mark.parametrize("head_dim, trusted", [(16, False), (32, False), (64, True), (128, True), (256, False)])
-def test_fa4_runs_flash_backward_only_at_trusted_head_dims(monkeypatch, head_dim, trusted):
-    """FA4's sm90 backward failed the float64 gradient checks at head dimension 16: calls with gradients take Triton
-    flex except at the head dimensions where it passed; calls without gradients always run FA4."""
-    from swaa.attention import fa4, flex
-    seen = []
-    monkeypatch.setattr(fa4, "fa4_unavailable", lambda index: None)
-    monkeypatch.setattr(fa4, "auto_attention", lambda *args, **kwargs: seen.append(flex._TUNING.get()[0]))
-    cuda = torch.device("cuda", 0)
-    query, key, value = (SimpleNamespace(device=cuda, requires_grad=True, shape=(1, 2, 3, head_dim)) for _ in range(3))
-    fa4.fa4_attention_fn(None, query, key, value)  # training: gradients recorded
-    with torch.no_grad():
-        fa4.fa4_attention_fn(None, query, key, value)  # prefill, evaluation
-    frozen = SimpleNamespace(device=cuda, requires_grad=False, shape=(1, 2, 3, head_dim))
-    fa4.fa4_attention_fn(None, frozen, frozen, frozen)  # grad mode on, nothing to differentiate
-    assert seen == [fa4.KERNEL_OPTIONS if trusted else {}, fa4.KERNEL_OPTIONS, fa4.KERNEL_OPTIONS]
-
-
 def test_flash_ignores_a_flash_attn_without_the_varlen_kernel(tmp_path, monkeypatch):
     from swaa.attention import flash
     (tmp_path / "flash_attn" / "cute").mkdir(parents=True)  # what flash-attn-4 alone installs: a namespace package
@@ -312,6 +294,56 @@ def test_cudnn_calls_match_float64_with_stand_ins(seed, monkeypatch):
     monkeypatch.setattr(cudnn_backend, "cudnn_ops", lambda: SimpleNamespace(sdpa_fwd=cudnn_dense_stand_in))
     monkeypatch.setattr(cudnn_backend, "flash_varlen", varlen_dense)
     (got, want), x = split_calls_vs_float64(300 + seed, cudnn_backend.cudnn_varlen, varlen_dense_backward)
+    for g_got, g_want in zip(got, want):
+        assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
+
+
+def fa4_stand_in(monkeypatch) -> None:
+    """A `flash_attn.cute` whose dense and varlen forwards and `_flash_attn_bwd` are exact stand-ins with FA4's
+    argument conventions (window_size (left, right), None = unbounded; causal sets right = 0; LSE (Hq, Tq))."""
+    def window(causal, left, right):
+        assert causal or right is None, right  # causal sets right = 0; without it a right bound would make a band
+        return left
+
+    def forward(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                window_size, return_lse):
+        assert return_lse
+        return varlen_dense(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                            window(causal, *window_size), causal)
+
+    def backward(q, k, v, out, dout, lse, softmax_scale, causal, *, window_size_left=None, window_size_right=None,
+                 cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None):
+        left = window(causal, window_size_left, window_size_right)
+        if cu_seqlens_q is not None:
+            return varlen_dense_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         max_seqlen_k, softmax_scale, left, causal)
+        (b, lq), lk = q.shape[:2], k.shape[1]  # dense: (B, L, H, D), lse (B, Hq, Lq)
+        cu = lambda n: torch.arange(0, (b + 1) * n, n, dtype=torch.int32)  # noqa: E731
+        grads = varlen_dense_backward(*(t.flatten(0, 1) for t in (dout, q, k, v, out)),
+                                      lse.transpose(0, 1).flatten(1), cu(lq), cu(lk), lq, lk, softmax_scale, left,
+                                      causal)
+        return tuple(g.unflatten(0, (b, -1)) for g in grads)
+    def dense(q, k, v, *, softmax_scale, causal, window_size=(None, None), return_lse):
+        """(B, L, H, D) inputs -> out (B, Lq, Hq, D), lse (B, Hq, Lq): the varlen stand-in on the flattened batch."""
+        b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+        cu = lambda n: torch.arange(0, (b + 1) * n, n, dtype=torch.int32)  # noqa: E731
+        out, lse = forward(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu(lq), cu_seqlens_k=cu(lk),
+                           max_seqlen_q=lq, max_seqlen_k=lk, softmax_scale=softmax_scale, causal=causal,
+                           window_size=window_size, return_lse=return_lse)
+        return out.unflatten(0, (b, lq)), lse.unflatten(1, (b, lq)).transpose(0, 1).contiguous()
+    cute = SimpleNamespace(flash_attn_varlen_func=forward, flash_attn_func=dense,
+                           interface=SimpleNamespace(_flash_attn_bwd=backward))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", cute.interface)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fa4_calls_match_float64_with_stand_ins(seed, monkeypatch):
+    """The fa4 backend's FA4 arguments (window, causal, LSE layout, the backward given the merged out/LSE), with the
+    FA4 kernels replaced by exact stand-ins: output and gradients against float64."""
+    from swaa.attention.fa4 import fa4_varlen, fa4_varlen_backward
+    fa4_stand_in(monkeypatch)
+    (got, want), x = split_calls_vs_float64(500 + seed, fa4_varlen, fa4_varlen_backward)
     for g_got, g_want in zip(got, want):
         assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
 

@@ -220,10 +220,12 @@ def _accumulate(grad: torch.Tensor, sel: torch.Tensor, span: tuple[int, int] | N
 
 
 def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *,
-                       backend: str = "flash", varlen=flash_varlen, varlen_bwd=flash_varlen_backward, **kwargs):
+                       backend: str = "flash", varlen=flash_varlen, varlen_bwd=flash_varlen_backward,
+                       forward=None, backward=None, **kwargs):
     """Attention with transformers' signature; q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D).
 
-    `varlen`/`varlen_bwd`: the split calls' kernels (`flash_varlen`'s contract); `backend` names them in errors.
+    `varlen`/`varlen_bwd`: the split calls' kernels (`flash_varlen`'s contract); `backend` names them in errors;
+    `forward`/`backward`: replace `flash_forward`/`flash_backward` (same arguments and results).
     """
     if query.device.type != "cuda":
         raise RuntimeError(f"backend '{backend}' needs a CUDA device, got {query.device}; use 'flex' or 'reference'")
@@ -236,36 +238,38 @@ def flash_attention_fn(module, query, key, value, attention_mask=None, scaling=N
         raise ValueError(f"backend '{backend}' does not support attention dropout (got {dropout})")
     x = layer_inputs(module, query, key)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    return flash_attention(query, key, value, x, scale, varlen, varlen_bwd), None
+    return flash_attention(query, key, value, x, scale, varlen, varlen_bwd, forward, backward), None
 
 
 def flash_attention(query, key, value, x: LayerInputs, scale: float, varlen=flash_varlen,
-                    varlen_bwd=flash_varlen_backward) -> torch.Tensor:
+                    varlen_bwd=flash_varlen_backward, forward=None, backward=None) -> torch.Tensor:
     """SWAA attention (B, Lq, Hq, D) by FlashAttention calls; differentiable when the inputs require gradients."""
     out = plain_attention(query, key, value, x, scale)
     if out is not None:
         return out
     plan = x.cached("flash", lambda: _plan(x))
+    forward = forward or flash_forward
     if needs_grad(query, key, value):
-        return _FlashSWAA.apply(query, key, value, x, plan, scale, varlen, varlen_bwd)
-    return flash_forward(query, key, value, x, plan, scale, varlen)[0]
+        return _FlashSWAA.apply(query, key, value, x, plan, scale, varlen, varlen_bwd, forward,
+                                backward or flash_backward)
+    return forward(query, key, value, x, plan, scale, varlen)[0]
 
 
 class _FlashSWAA(torch.autograd.Function):
     """Backward of the split calls: each call's FA backward given the merged output and LSE gives exact gradients."""
 
     @staticmethod
-    def forward(ctx, query, key, value, x, plan, scale, varlen, varlen_bwd):
-        out, lse = flash_forward(query, key, value, x, plan, scale, varlen)
+    def forward(ctx, query, key, value, x, plan, scale, varlen, varlen_bwd, forward, backward):
+        out, lse = forward(query, key, value, x, plan, scale, varlen)
         ctx.save_for_backward(query, key, value, out, lse)
-        ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd = x, plan, scale, varlen_bwd
+        ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd, ctx.backward = x, plan, scale, varlen_bwd, backward
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         query, key, value, out, lse = ctx.saved_tensors
-        return (*flash_backward(d_out, query, key, value, out, lse, ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd),
-                None, None, None, None, None)
+        return (*ctx.backward(d_out, query, key, value, out, lse, ctx.x, ctx.plan, ctx.scale, ctx.varlen_bwd),
+                None, None, None, None, None, None, None)
 
 
 def flash_forward(query, key, value, x: LayerInputs, plan: Plan, scale: float, varlen=flash_varlen):

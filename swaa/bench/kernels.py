@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from swaa.attention import BACKENDS
-from swaa.attention.fa4 import KERNEL_OPTIONS as FA4_KERNEL_OPTIONS, fa4_unavailable
+from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.flex import tuning as flex_tuning
 from swaa.attention.inputs import LayerInputs
 from swaa.bench.common import int_at_least, relative_error, run_metadata, write_results
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 WARMUPS = 3  # untimed calls of each kernel before its timed repeats
 CHECK_TOKENS = 4096
 TOLERANCE = 2e-2  # largest relative error vs float64 (output, dq, dk, dv) that passes
+FA4_FLEX = {"BACKEND": "FLASH"}  # FlexAttention's FlashAttention-4 backend: flex's block mask on CuTe DSL kernels
 
 
 def visible_pairs(n: int, window: int | None, sink: int) -> int:
@@ -151,9 +152,9 @@ def _swaa_case(make_call: Callable, tune: dict | None, window: int | None, sink:
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
           flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
     """Time causal SDPA, Triton flex's causal kernel (and FA4's where flash-attn-4 runs), then flash, cudnn (when
-    nvidia-cudnn-frontend is installed), fa4, flex (once per entry of `flex_tunings`: kernel_options plus an optional
-    compile_mode) and, without sinks, FA4's own window at each sink count; SWA rows get their time over (visible-pair
-    share x each causal kernel's)."""
+    nvidia-cudnn-frontend is installed), fa4, fa4_flex, flex (once per entry of `flex_tunings`: kernel_options plus an
+    optional compile_mode) and, without sinks, FA4's own window at each sink count; SWA rows get their time over
+    (visible-pair share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
@@ -165,13 +166,13 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
     # Triton flex with a causal block mask: the rate per pair a Triton kernel of flex's template reaches without a band
     cases.append(_swaa_case(flex, None, None, 0, q, k, v, dout, label="flex_causal"))
     if fa4:  # FlashAttention-4's causal kernel: on flex's FLASH backend with a causal block mask, and its own
-        cases.append(_swaa_case(flex, FA4_KERNEL_OPTIONS, None, 0, q, k, v, dout, label="fa4_causal"))
+        cases.append(_swaa_case(flex, FA4_FLEX, None, 0, q, k, v, dout, label="fa4_causal"))
         cases.append(_swaa_case(fa4_native_call, None, None, 0, q, k, v, dout, label="fa4_native_causal"))
-    # (label, kernel, flex tuning); 'fa4' = flex on FA4 forward and backward (backend 'fa4' uses it forward only)
+    # (label, kernel, flex tuning); 'fa4_flex' = flex's block mask on FA4 kernels, forward and backward
     cudnn = importlib.util.find_spec("cudnn") is not None
     variants = [("flash", functools.partial(backend_call, "flash"), None)] \
         + [("cudnn", functools.partial(backend_call, "cudnn"), None)] * cudnn \
-        + [("fa4", flex, FA4_KERNEL_OPTIONS)] * fa4 \
+        + [("fa4", functools.partial(backend_call, "fa4"), None), ("fa4_flex", flex, FA4_FLEX)] * fa4 \
         + [(f"flex {json.dumps(t)}" if flex_tunings else "flex", flex, t) for t in (flex_tunings or [{}])]
     for sink in sinks:
         for label, make_call, tune in variants:

@@ -1,0 +1,130 @@
+"""The sink keys of SWA rows in one Triton pass each way: each query row i >= W attends the sink keys j < S left of
+its window (j <= i - W). Forward: a window call's output and log-sum-exp rescaled in place; backward: the sink keys'
+share of dq, dk, dv, given the merged output and log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M = 64  # query rows per program (backward: per step of its loop)
+BACKWARD_ROWS = 1024  # query rows per backward program: its dk, dv partial sums stay in registers over them
+
+
+@triton.jit
+def _sink_merge_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, row_start, row_end, window, sink, scale,
+                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h, sl_b, sl_h, sl_l,
+                       HEADS: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    b, h = tl.program_id(1) // HEADS, tl.program_id(1) % HEADS
+    rows = row_start + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < row_end
+    cols, dims = tl.arange(0, BLOCK_S), tl.arange(0, D)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + rows[:, None] * sq_l + dims[None, :], mask=live[:, None], other=0.0)
+    kv = h // GROUP
+    k = tl.load(k_ptr + b * sk_b + kv * sk_h + cols[:, None] * sk_l + dims[None, :], mask=(cols < sink)[:, None],
+                other=0.0)
+    v = tl.load(v_ptr + b * sv_b + kv * sv_h + cols[:, None] * sv_l + dims[None, :], mask=(cols < sink)[:, None],
+                other=0.0)
+    scores = tl.dot(q, tl.trans(k)) * scale
+    seen = (cols[None, :] < sink) & (cols[None, :] <= rows[:, None] - window) & live[:, None]
+    scores = tl.where(seen, scores, float("-inf"))
+    m = tl.max(scores, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.where(seen, tl.exp(scores - m_safe[:, None]), 0.0)
+    acc = tl.dot(p.to(v.dtype), v)  # sink output x its softmax sum, relative to m
+    lse_sink = tl.where(m == float("-inf"), float("-inf"), m_safe + tl.log(tl.sum(p, 1)))
+    lse_ptrs = lse_ptr + b * sl_b + h * sl_h + rows * sl_l
+    lse_win = tl.load(lse_ptrs, mask=live, other=0.0)
+    top = tl.maximum(lse_win, lse_sink)
+    lse = top + tl.log(tl.exp(lse_win - top) + tl.exp(lse_sink - top))
+    o_ptrs = o_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dims[None, :]
+    o = tl.load(o_ptrs, mask=live[:, None], other=0.0).to(tl.float32)
+    out = o * tl.exp(lse_win - lse)[:, None] + acc * tl.exp(m_safe - lse)[:, None]
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=live[:, None])
+    tl.store(lse_ptrs, lse, mask=live)
+
+
+def sink_merge_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                rows: tuple[int, int], window: int, sink: int, scale: float) -> None:
+    """Merge the sink keys into rows [a, b) of a window call's `out` (B, L, Hq, D) and `lse` (B, Hq, L), in place.
+
+    q (B, L, Hq, D), k/v (B, Lk, Hkv, D), each with unit stride in D; D a power of two >= 16.
+    """
+    a, b = rows
+    batch, _, heads, d = q.shape
+    sink = min(sink, k.shape[1])  # keys past the sequence: never seen (j <= i - W), and out of bounds
+    if b <= a:
+        return
+    _check_head_dim(d, q, k, v, out)
+    grid = (triton.cdiv(b - a, BLOCK_M), batch * heads)
+    _sink_merge_kernel[grid](q, k, v, out, lse, a, b, window, sink, scale, *q.stride()[:3], *k.stride()[:3],
+                             *v.stride()[:3], *out.stride()[:3], *lse.stride(), HEADS=heads,
+                             GROUP=heads // k.shape[2], D=d, BLOCK_S=max(16, triton.next_power_of_2(sink)),
+                             BLOCK=BLOCK_M)
+
+
+@triton.jit
+def _sink_backward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, row_start, row_end,
+                          window, sink, scale, sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
+                          sd_b, sd_l, sd_h, sl_b, sl_h, sl_l, sg_b, sg_l, sg_h, sa_b, sa_l, sa_h,
+                          HEADS: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                          BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    b, h = tl.program_id(1) // HEADS, tl.program_id(1) % HEADS
+    kv = h // GROUP
+    cols, dims = tl.arange(0, BLOCK_S), tl.arange(0, D)
+    has = (cols < sink)[:, None]
+    k = tl.load(k_ptr + b * sk_b + kv * sk_h + cols[:, None] * sk_l + dims[None, :], mask=has, other=0.0)
+    v = tl.load(v_ptr + b * sv_b + kv * sv_h + cols[:, None] * sv_l + dims[None, :], mask=has, other=0.0)
+    dk = tl.zeros((BLOCK_S, D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_S, D), dtype=tl.float32)
+    first = row_start + tl.program_id(0) * ROWS
+    for step in range(0, ROWS, BLOCK):
+        rows = first + step + tl.arange(0, BLOCK)
+        live = rows < row_end
+        r, c = rows[:, None], dims[None, :]
+        q = tl.load(q_ptr + b * sq_b + h * sq_h + r * sq_l + c, mask=live[:, None], other=0.0)
+        do = tl.load(do_ptr + b * sd_b + h * sd_h + r * sd_l + c, mask=live[:, None], other=0.0)
+        o = tl.load(o_ptr + b * so_b + h * so_h + r * so_l + c, mask=live[:, None], other=0.0)
+        lse = tl.load(lse_ptr + b * sl_b + h * sl_h + rows * sl_l, mask=live, other=0.0)
+        seen = (cols[None, :] < sink) & (cols[None, :] <= rows[:, None] - window) & live[:, None]
+        p = tl.where(seen, tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None]), 0.0)  # within the whole row
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq_ptrs = dq_ptr + b * sg_b + h * sg_h + r * sg_l + c
+        dq = tl.load(dq_ptrs, mask=live[:, None], other=0.0).to(tl.float32) + tl.dot(ds.to(k.dtype), k) * scale
+        tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=live[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do)
+    acc = b * sa_b + kv * sa_h + cols[:, None] * sa_l + dims[None, :]
+    tl.atomic_add(dk_ptr + acc, dk * scale, mask=has)
+    tl.atomic_add(dv_ptr + acc, dv, mask=has)
+
+
+def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], window: int, sink: int,
+                   scale: float) -> None:
+    """Add the sink keys' share of the gradients of rows [a, b) to dq (B, L, Hq, D) and dk, dv (B, Lk, Hkv, D), in
+    place, given the merged `out` and `lse` (B, Hq, L) and d_out (B, L, Hq, D); inputs as in `sink_merge_`."""
+    a, b = rows
+    batch, _, heads, d = q.shape
+    sink = min(sink, k.shape[1])
+    if b <= a:
+        return
+    _check_head_dim(d, q, k, v, out, d_out, dq)
+    acc = torch.zeros(batch, sink, k.shape[2], d, device=q.device, dtype=torch.float32)
+    acc_v = torch.zeros_like(acc)
+    grid = (triton.cdiv(b - a, BACKWARD_ROWS), batch * heads)
+    _sink_backward_kernel[grid](q, k, v, out, d_out, lse, dq, acc, acc_v, a, b, window, sink, scale,
+                                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                                *d_out.stride()[:3], *lse.stride(), *dq.stride()[:3], *acc.stride()[:3],
+                                HEADS=heads, GROUP=heads // k.shape[2], D=d,
+                                BLOCK_S=max(16, triton.next_power_of_2(sink)), BLOCK=BLOCK_M, ROWS=BACKWARD_ROWS)
+    dk[:, :sink] += acc.to(dk.dtype)
+    dv[:, :sink] += acc_v.to(dv.dtype)
+
+
+def _check_head_dim(d: int, *tensors: torch.Tensor) -> None:
+    if d < 16 or d & (d - 1) or any(t.stride(-1) != 1 for t in tensors):
+        raise ValueError(f"sink kernels: head dim must be a power of two >= 16 with unit stride, got {d}")

@@ -1,0 +1,105 @@
+"""swaa.attention.sink_merge and the fa4 backend's dense calls against float64 attention: natively on CUDA, and on
+the CPU under Triton's interpreter (this module run again in a subprocess with TRITON_INTERPRET=1)."""
+
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from swaa.attention.inputs import LayerInputs
+from swaa.masks import dense_mask
+from test_attention import attention64, fa4_stand_in
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRETED
+kernels = pytest.mark.skipif(not HAS_TRITON or not (CUDA or INTERPRETED),
+                             reason="needs Triton and a GPU, or Triton's interpreter")
+DEVICE = "cuda" if CUDA else "cpu"
+DTYPE = torch.bfloat16 if CUDA else torch.float64  # the interpreter computes in float64 exactly
+
+
+@pytest.mark.skipif(not HAS_TRITON or INTERPRETED or torch.cuda.is_available(), reason="CPU without Triton's "
+                    "interpreter: runs the kernel tests below under it")
+def test_kernels_under_the_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and " failed" not in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "\n60 passed" in run.stdout, run.stdout[-2000:]
+
+
+def close(got, want, rel=1e-2):
+    """Within 1e-5 in float64 (the log-sum-exp is float32, as FA4's); in bf16 within `rel` of the reference's norm."""
+    if DTYPE == torch.float64:
+        return (got.double() - want).abs().max().item() < 1e-5
+    return (got.double() - want).norm().item() <= rel * want.norm().item() + 1e-6
+
+
+@kernels
+@pytest.mark.parametrize("seed", range(30))
+def test_sink_merge_matches_float64(seed):
+    """A window call's output with the sinks merged in place equals attention to window + sinks, edge rows included."""
+    from swaa.attention.sink_merge import sink_merge_
+    rng = random.Random(seed)
+    b, hkv, g, d = rng.randint(1, 2), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([16, 32, 64])
+    n, window, sink = rng.randint(1, 150), rng.choice([1, 2, 7, 16, 70]), rng.choice([1, 3, 16, 17, 64])
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, n, h, d, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+               for h in (hkv * g, hkv, hkv))
+    pos = torch.arange(n, device=DEVICE)[None].expand(b, n)
+    full = LayerInputs(pos, pos, torch.full((b,), n, device=DEVICE), window, sink, "swa", ("all",), {})
+    bhld = [t.transpose(1, 2) for t in (q, k, v)]
+    want = attention64(*bhld, dense_mask(full.q_pos, full.k_pos, full.prompt_len, window, sink, "swa"), 0.3)
+    band = dense_mask(full.q_pos, full.k_pos, full.prompt_len, window, 0, "swa")
+    out = attention64(*bhld, band, 0.3)
+    scores = torch.einsum("blhd,bkhd->bhlk", q.double(), k.double().repeat_interleave(g, 2)) * 0.3
+    lse = scores.masked_fill(~band, float("-inf")).logsumexp(-1).float()  # (B, Hq, L)
+    out = out.to(DTYPE).contiguous()
+    sink_merge_(q, k, v, out, lse, (window, n), window, sink, 0.3)
+    want_lse = scores.masked_fill(~dense_mask(full.q_pos, full.k_pos, full.prompt_len, window, sink, "swa"),
+                                  float("-inf")).logsumexp(-1)
+    assert close(out, want), seed
+    assert (lse.double() - want_lse).abs().max().item() < (1e-5 if DTYPE == torch.float64 else 2e-2), seed
+
+
+@kernels
+@pytest.mark.parametrize("seed", range(30))
+def test_fa4_dense_calls_match_float64(seed, monkeypatch):
+    """The fa4 backend on unpadded batches (dense window and causal calls, sinks by sink_merge_ and sink_backward_):
+    output and gradients against float64; on the CPU with FA4's kernels replaced by exact stand-ins."""
+    from swaa.attention.fa4 import TRUSTED_BACKWARD_HEAD_DIMS, fa4_backward, fa4_forward, fa4_unavailable, \
+        fa4_varlen, fa4_varlen_backward
+    from swaa.attention.flash import flash_attention, flash_varlen_backward
+    if CUDA and fa4_unavailable() is not None:
+        pytest.skip("needs flash-attn-4 on sm90+")
+    if not CUDA:
+        fa4_stand_in(monkeypatch)
+    rng = random.Random(1000 + seed)
+    b, hkv, g, d = rng.randint(1, 2), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([16, 64, 128])
+    n, window, sink = rng.randint(1, 300), rng.choice([1, 7, 16, 100]), rng.choice([0, 1, 3, 64])
+    kind = rng.choice(["swa", "swa_fa_decode"])
+    pos = torch.arange(n, device=DEVICE)[None].expand(b, n)
+    x = LayerInputs(pos, pos, torch.full((b,), rng.randint(0, n), device=DEVICE), window, sink, kind, ("all",), {})
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+               for h in (hkv * g, hkv, hkv))
+    weight = torch.randn(b, n, hkv * g, d, generator=gen, dtype=torch.float64).to(DEVICE)
+    bwd = fa4_varlen_backward if (not CUDA or d in TRUSTED_BACKWARD_HEAD_DIMS) else flash_varlen_backward
+    results = []
+    for ours in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        if ours:
+            out = flash_attention(*leaves, x, 0.3, varlen=fa4_varlen, varlen_bwd=bwd, forward=fa4_forward,
+                                  backward=fa4_backward)
+        else:
+            mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, window, sink, kind)
+            out = attention64(*(t.double() for t in leaves), mask, 0.3)
+        (out.double() * weight).sum().backward()
+        results.append([out.double()] + [t.grad.double() for t in leaves])
+    for got, want in zip(*results):
+        assert close(got, want, rel=2e-2), (seed, kind, n, window, sink, d)
