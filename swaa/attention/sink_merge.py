@@ -126,5 +126,6 @@ def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], 
 
 
 def _check_head_dim(d: int, *tensors: torch.Tensor) -> None:
+    """Refuse what the kernels' tiles cannot take: a head dim that is not a power of two >= 16, or strided rows."""
     if d < 16 or d & (d - 1) or any(t.stride(-1) != 1 for t in tensors):
         raise ValueError(f"sink kernels: head dim must be a power of two >= 16 with unit stride, got {d}")
