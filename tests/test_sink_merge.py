@@ -12,7 +12,7 @@ import torch
 
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import dense_mask
-from test_attention import attention64, fa4_stand_in
+from test_attention import attention64, fa4_stand_in, varlen_dense_backward
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -72,13 +72,13 @@ def test_sink_merge_matches_float64(seed):
 def test_fa4_dense_calls_match_float64(seed, monkeypatch):
     """The fa4 backend on unpadded batches (dense window and causal calls, sinks by sink_merge_ and sink_backward_):
     output and gradients against float64; on the CPU with FA4's kernels replaced by exact stand-ins."""
-    from swaa.attention.fa4 import TRUSTED_BACKWARD_HEAD_DIMS, fa4_backward, fa4_forward, fa4_unavailable, \
-        fa4_varlen, fa4_varlen_backward
-    from swaa.attention.flash import flash_attention, flash_varlen_backward
-    if CUDA and fa4_unavailable() is not None:
+    from swaa.attention import fa4
+    from swaa.attention.flash import flash_attention
+    if CUDA and fa4.fa4_unavailable() is not None:
         pytest.skip("needs flash-attn-4 on sm90+")
-    if not CUDA:
+    if not CUDA:  # FA4's kernels and PyTorch's FlashAttention backward (untrusted head dims): exact stand-ins
         fa4_stand_in(monkeypatch)
+        monkeypatch.setattr(fa4, "flash_varlen_backward", varlen_dense_backward)
     rng = random.Random(1000 + seed)
     b, hkv, g, d = rng.randint(1, 2), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([16, 64, 128])
     n = rng.randint(1, 300) if seed % 10 else rng.randint(1100, 2600)  # > 1024 rows: several backward programs
@@ -90,13 +90,11 @@ def test_fa4_dense_calls_match_float64(seed, monkeypatch):
     q, k, v = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
                for h in (hkv * g, hkv, hkv))
     weight = torch.randn(b, n, hkv * g, d, generator=gen, dtype=torch.float64).to(DEVICE)
-    bwd = fa4_varlen_backward if (not CUDA or d in TRUSTED_BACKWARD_HEAD_DIMS) else flash_varlen_backward
     results = []
     for ours in (True, False):
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
         if ours:
-            out = flash_attention(*leaves, x, 0.3, varlen=fa4_varlen, varlen_bwd=bwd, forward=fa4_forward,
-                                  backward=fa4_backward)
+            out = flash_attention(*leaves, x, 0.3, **fa4.fa4_kernels(d))
         else:
             mask = dense_mask(x.q_pos, x.k_pos, x.prompt_len, window, sink, kind)
             out = attention64(*(t.double() for t in leaves), mask, 0.3)

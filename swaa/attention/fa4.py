@@ -116,11 +116,16 @@ def fa4_backward(d_out, query, key, value, out, lse, x: LayerInputs, plan, scale
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
+def fa4_kernels(head_dim: int) -> dict:
+    """The flash backend's kernel arguments for FA4 at this head dimension (`flash_attention`'s keywords)."""
+    trusted = head_dim in TRUSTED_BACKWARD_HEAD_DIMS
+    return {"varlen": fa4_varlen, "varlen_bwd": fa4_varlen_backward if trusted else flash_varlen_backward,
+            "forward": fa4_forward, "backward": fa4_backward}
+
+
 def fa4_attention_fn(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Attention with transformers' signature; q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> (B, Lq, Hq, D)."""
     if query.device.type == "cuda" and (reason := fa4_unavailable(query.device.index)) is not None:
         raise RuntimeError(f"backend 'fa4' cannot run: {reason}")
-    trusted = query.shape[-1] in TRUSTED_BACKWARD_HEAD_DIMS
     return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, backend="fa4",
-                              varlen=fa4_varlen, varlen_bwd=fa4_varlen_backward if trusted else flash_varlen_backward,
-                              forward=fa4_forward, backward=fa4_backward, **kwargs)
+                              **fa4_kernels(query.shape[-1]), **kwargs)
