@@ -32,7 +32,7 @@ def test_every_job_imports_without_the_training_data_libraries():
 def test_help_lists_every_job_from_another_directory():
     out = bench_help()
     assert "usage: python -m swaa.bench" in out
-    for job in ("model", "kernels", "train", "profile"):
+    for job in ("model", "kernels", "sinks", "train", "profile"):
         assert f"    {job} " in out
     assert "--repeats" in bench_help("model") and "--flex-tunings" in bench_help("kernels")
 
@@ -114,6 +114,8 @@ PROFILE = ["profile", "--device", "cpu", "--shape", "tiny:llama:2:256", "--windo
     (["kernels", "--window", "0"], "argument --window: expected an integer >= 1, got '0'"),
     (["kernels", "--sinks", "0", "-1"], "argument --sinks: expected an integer >= 0, got '-1'"),
     (["kernels", "--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+    (["sinks", "--sink", "0"], "argument --sink: expected an integer >= 1, got '0'"),
+    (["sinks", "--length", "100", "--window", "200"], "--length=100: expected more tokens than --window=200"),
 ])
 def test_input_errors_are_one_line_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:

@@ -30,7 +30,7 @@ def test_kernels_under_the_triton_interpreter():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0 and " failed" not in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "\n60 passed" in run.stdout, run.stdout[-2000:]
+    assert "\n62 passed" in run.stdout, run.stdout[-2000:]
 
 
 def close(got, want, rel=1e-2):
@@ -72,7 +72,7 @@ def test_sink_merge_matches_float64(seed):
 def test_fa4_dense_calls_match_float64(seed, monkeypatch):
     """The fa4 backend on unpadded batches (dense window and causal calls, sinks by sink_merge_ and sink_backward_):
     output and gradients against float64; on the CPU with FA4's kernels replaced by exact stand-ins."""
-    from swaa.attention import fa4
+    from swaa.attention import fa4, sink_merge
     from swaa.attention.flash import flash_attention
     if CUDA and fa4.fa4_unavailable() is not None:
         pytest.skip("needs flash-attn-4 on sm90+")
@@ -81,7 +81,9 @@ def test_fa4_dense_calls_match_float64(seed, monkeypatch):
         monkeypatch.setattr(fa4, "flash_varlen_backward", varlen_dense_backward)
     rng = random.Random(1000 + seed)
     b, hkv, g, d = rng.randint(1, 2), rng.choice([1, 2]), rng.choice([1, 2, 4]), rng.choice([16, 64, 128])
-    n = rng.randint(1, 300) if seed % 10 else rng.randint(1100, 2600)  # > 1024 rows: several backward programs
+    n = rng.randint(1, 300) if seed % 10 else rng.randint(1100, 2600)
+    if not seed % 10:  # several backward programs per head, whose dk, dv partial sums meet in atomics
+        monkeypatch.setitem(sink_merge.BACKWARD_LAUNCH, "ROWS", 512)
     window, sink = rng.choice([1, 7, 16, 100]), rng.choice([0, 1, 3, 64])
     kind = rng.choice(["swa", "swa_fa_decode"])
     pos = torch.arange(n, device=DEVICE)[None].expand(b, n)
@@ -102,3 +104,15 @@ def test_fa4_dense_calls_match_float64(seed, monkeypatch):
         results.append([out.double()] + [t.grad.double() for t in leaves])
     for got, want in zip(*results):
         assert close(got, want, rel=2e-2), (seed, kind, n, window, sink, d)
+
+
+@kernels
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_sinks_bench_check_passes_for_the_current_launch(kernel):
+    """`python -m swaa.bench sinks` checks each launch candidate against float64 before timing it: the launch
+    parameters sink_merge.py uses pass it."""
+    from swaa.attention.sink_merge import BACKWARD_LAUNCH, FORWARD_LAUNCH
+    from swaa.bench.sinks import check_error
+    launch = FORWARD_LAUNCH if kernel == "forward" else BACKWARD_LAUNCH
+    err = check_error(kernel, launch, 5, 4, 2, 16, DTYPE, DEVICE, n=200, window=50)
+    assert err < (1e-5 if DTYPE == torch.float64 else 2e-2), err

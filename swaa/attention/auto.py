@@ -1,10 +1,12 @@
-"""CUDA routing of backend 'auto', by measurement (BENCHMARKS.md): SDPA for calls without a SWAA mask, flex for SWA
-prefill and training, FlashAttention for full layers and decode steps."""
+"""CUDA routing of backend 'auto', by measurement (BENCHMARKS.md): SDPA for calls without a SWAA mask, 'fa4' for SWA
+prefill and training in half precision where flash-attn-4 runs (sm90+), flex for them elsewhere, FlashAttention for
+full layers and decode steps."""
 
 from __future__ import annotations
 
 import torch
 
+from swaa.attention.fa4 import fa4_attention_fn, fa4_unavailable
 from swaa.attention.flash import flash_attention_fn
 from swaa.attention.flex import flex_attention_fn
 from swaa.attention.inputs import layer_inputs, needs_grad
@@ -26,4 +28,6 @@ def auto_attention(module, query, key, value, attention_mask=None, scaling=None,
     kind = x.kind
     if half and not grad and not dropout and (kind == "full" or query.shape[2] < FLEX_MIN_QUERIES):
         return flash_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if half and not dropout and kind != "full" and fa4_unavailable(query.device.index) is None:
+        return fa4_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     return flex_attention_fn(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

@@ -9,8 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 64  # query rows per program (backward: per step of its loop)
-BACKWARD_ROWS = 1024  # query rows per backward program: its dk, dv partial sums stay in registers over them
+# Launch parameters, the fastest of `python -m swaa.bench sinks` on an H100 (BENCHMARKS.md). BLOCK: query rows per
+# program (backward: per step of its loop); ROWS: query rows per backward program, over which its dk, dv partial sums
+# stay in registers (at head dim 128, 8 warps spill a tenth of what 4 do).
+FORWARD_LAUNCH = {"BLOCK": 64, "num_warps": 4, "num_stages": 2}
+BACKWARD_LAUNCH = {"BLOCK": 64, "ROWS": 2048, "num_warps": 8, "num_stages": 1}
 
 
 @triton.jit
@@ -48,10 +51,11 @@ def _sink_merge_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, row_start, row_end, 
 
 
 def sink_merge_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                rows: tuple[int, int], window: int, sink: int, scale: float) -> None:
+                rows: tuple[int, int], window: int, sink: int, scale: float, launch: dict | None = None) -> None:
     """Merge the sink keys into rows [a, b) of a window call's `out` (B, L, Hq, D) and `lse` (B, Hq, L), in place.
 
-    q (B, L, Hq, D), k/v (B, Lk, Hkv, D), each with unit stride in D; D a power of two >= 16.
+    q (B, L, Hq, D), k/v (B, Lk, Hkv, D), each with unit stride in D; D a power of two >= 16. `launch`: launch
+    parameters instead of FORWARD_LAUNCH.
     """
     a, b = rows
     batch, _, heads, d = q.shape
@@ -59,11 +63,12 @@ def sink_merge_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
     if b <= a:
         return
     _check_head_dim(d, q, k, v, out)
-    grid = (triton.cdiv(b - a, BLOCK_M), batch * heads)
+    launch = launch or FORWARD_LAUNCH
+    grid = (triton.cdiv(b - a, launch["BLOCK"]), batch * heads)
     _sink_merge_kernel[grid](q, k, v, out, lse, a, b, window, sink, scale, *q.stride()[:3], *k.stride()[:3],
                              *v.stride()[:3], *out.stride()[:3], *lse.stride(), HEADS=heads,
                              GROUP=heads // k.shape[2], D=d, BLOCK_S=max(16, triton.next_power_of_2(sink)),
-                             BLOCK=BLOCK_M)
+                             **launch)
 
 
 @triton.jit
@@ -104,9 +109,10 @@ def _sink_backward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, d
 
 
 def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], window: int, sink: int,
-                   scale: float) -> None:
+                   scale: float, launch: dict | None = None) -> None:
     """Add the sink keys' share of the gradients of rows [a, b) to dq (B, L, Hq, D) and dk, dv (B, Lk, Hkv, D), in
-    place, given the merged `out` and `lse` (B, Hq, L) and d_out (B, L, Hq, D); inputs as in `sink_merge_`."""
+    place, given the merged `out` and `lse` (B, Hq, L) and d_out (B, L, Hq, D); inputs as in `sink_merge_`, `launch`
+    instead of BACKWARD_LAUNCH."""
     a, b = rows
     batch, _, heads, d = q.shape
     sink = min(sink, k.shape[1])
@@ -115,12 +121,13 @@ def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], 
     _check_head_dim(d, q, k, v, out, d_out, dq)
     acc = torch.zeros(batch, sink, k.shape[2], d, device=q.device, dtype=torch.float32)
     acc_v = torch.zeros_like(acc)
-    grid = (triton.cdiv(b - a, BACKWARD_ROWS), batch * heads)
+    launch = launch or BACKWARD_LAUNCH
+    grid = (triton.cdiv(b - a, launch["ROWS"]), batch * heads)
     _sink_backward_kernel[grid](q, k, v, out, d_out, lse, dq, acc, acc_v, a, b, window, sink, scale,
                                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                                 *d_out.stride()[:3], *lse.stride(), *dq.stride()[:3], *acc.stride()[:3],
                                 HEADS=heads, GROUP=heads // k.shape[2], D=d,
-                                BLOCK_S=max(16, triton.next_power_of_2(sink)), BLOCK=BLOCK_M, ROWS=BACKWARD_ROWS)
+                                BLOCK_S=max(16, triton.next_power_of_2(sink)), **launch)
     dk[:, :sink] += acc.to(dk.dtype)
     dv[:, :sink] += acc_v.to(dv.dtype)
 

@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from swaa.bench import kernels, model, profile, train
+from swaa.bench import kernels, model, profile, sinks, train
 
-JOBS = {"model": model, "kernels": kernels, "train": train, "profile": profile}
+JOBS = {"model": model, "kernels": kernels, "sinks": sinks, "train": train, "profile": profile}
 
 
 def build_parser() -> argparse.ArgumentParser:
