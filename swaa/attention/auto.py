@@ -16,8 +16,8 @@ FLEX_MIN_QUERIES = 64  # below this (decode steps) the varlen flash kernel avoid
 
 
 def auto_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Plain calls -> one SDPA call; full layers and decode steps in half precision without gradients -> flash;
-    everything else -> flex."""
+    """Plain calls -> one SDPA call; full layers and decode steps in half precision without gradients -> flash; other
+    SWA calls in half precision -> fa4 where flash-attn-4 runs; everything else -> flex."""
     x = layer_inputs(module, query, key)
     if not dropout:
         out = plain_attention(query, key, value, x, query.shape[-1] ** -0.5 if scaling is None else scaling)
