@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch parameters, the fastest of `python -m swaa.bench sinks` on an H100 (BENCHMARKS.md). BLOCK: query rows per
+# Launch parameters chosen by `python -m swaa.bench sinks` on an H100 (BENCHMARKS.md). BLOCK: query rows per
 # program (backward: per step of its loop); ROWS: query rows per backward program, over which its dk, dv partial sums
 # stay in registers (at head dim 128, 8 warps spill a tenth of what 4 do).
 FORWARD_LAUNCH = {"BLOCK": 64, "num_warps": 4, "num_stages": 2}
