@@ -30,7 +30,7 @@ def test_kernels_under_the_triton_interpreter():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0 and " failed" not in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "\n62 passed" in run.stdout, run.stdout[-2000:]
+    assert "\n63 passed" in run.stdout, run.stdout[-2000:]
 
 
 def close(got, want, rel=1e-2):
@@ -116,3 +116,18 @@ def test_sinks_bench_check_passes_for_the_current_launch(kernel):
     launch = FORWARD_LAUNCH if kernel == "forward" else BACKWARD_LAUNCH
     err = check_error(kernel, launch, 5, 4, 2, 16, DTYPE, DEVICE, n=200, window=50)
     assert err < (1e-5 if DTYPE == torch.float64 else 2e-2), err
+
+
+@kernels
+def test_sinks_bench_times_each_candidate_and_reports_a_failed_check(monkeypatch):
+    """The sinks job's loop: every candidate checked, then timed; one whose programs overlap (fewer rows a program
+    than a step) fails its float64 check and is reported, not timed."""
+    from swaa.attention.sink_merge import BACKWARD_LAUNCH, FORWARD_LAUNCH
+    from swaa.bench import sinks
+    overlapping = {**BACKWARD_LAUNCH, "ROWS": BACKWARD_LAUNCH["BLOCK"] // 2}
+    monkeypatch.setattr(sinks, "FORWARD_SPACE", [dict(FORWARD_LAUNCH)])
+    monkeypatch.setattr(sinks, "BACKWARD_SPACE", [dict(BACKWARD_LAUNCH), overlapping])
+    rows = sinks.bench(300, 50, 5, 1, hq=2, hkv=1, d=16, dtype=DTYPE, device=torch.device(DEVICE), copy_bytes=2 ** 20)
+    assert [r["kernel"] for r in rows] == ["forward", "backward", "backward"]
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["of_copy"] > 0 for r in rows[:2]), rows[:2]
+    assert rows[2]["status"].startswith("FAILED: ValueError: relative error") and "ms" not in rows[2], rows[2]
