@@ -396,24 +396,24 @@ def test_flash_full_layer_without_padding_is_one_causal_call(pad):
 
 @pytest.mark.parametrize("fa4_runs", [True, False])
 def test_auto_sends_half_precision_swa_calls_to_fa4_where_it_runs(monkeypatch, fa4_runs):
-    """SWA prefill and training in bf16 go to 'fa4' when flash-attn-4 runs, else flex; float32, full-layer and
-    decode calls never do."""
+    """SWA prefill and training in bf16 at FA4's trusted head dimensions go to 'fa4' when flash-attn-4 runs, else
+    flex; other head dimensions, float32, full-layer and decode calls never do."""
     import swaa.attention.auto as auto
     seen = []
     monkeypatch.setattr(auto, "fa4_unavailable", lambda index: None if fa4_runs else "no flash-attn-4")
     for name in ("fa4_attention_fn", "flex_attention_fn", "flash_attention_fn"):
         monkeypatch.setattr(auto, name, lambda *a, _name=name, **k: (seen.append(_name.split("_")[0]), None))
     monkeypatch.setattr(auto, "plain_attention", lambda *a: None)
-    cases = {("swa", 300, torch.bfloat16, True): "fa4" if fa4_runs else "flex",
-             ("swa_fa_decode", 300, torch.bfloat16, False): "fa4" if fa4_runs else "flex",
-             ("swa", 300, torch.float32, False): "flex", ("swa", 1, torch.bfloat16, False): "flash",
-             ("full", 300, torch.bfloat16, False): "flash"}
-    for (kind, lq, dtype, grad), want in cases.items():
+    cases = {("swa", 300, torch.bfloat16, True, 64): "fa4" if fa4_runs else "flex",
+             ("swa_fa_decode", 300, torch.bfloat16, False, 128): "fa4" if fa4_runs else "flex",
+             ("swa", 300, torch.bfloat16, True, 16): "flex", ("swa", 300, torch.float32, False, 64): "flex",
+             ("swa", 1, torch.bfloat16, False, 64): "flash", ("full", 300, torch.bfloat16, False, 64): "flash"}
+    for (kind, lq, dtype, grad, d), want in cases.items():
         pos = torch.arange(lq)[None]
         x = LayerInputs(pos, pos, torch.tensor([lq]), 16, 4, kind, ("all",), {})
-        q = torch.zeros(1, 2, lq, 16, dtype=dtype, requires_grad=grad)
+        q = torch.zeros(1, 2, lq, d, dtype=dtype, requires_grad=grad)
         call_backend("auto", q, q, q, x)
-        assert seen[-1] == want, (kind, lq, dtype, grad)
+        assert seen[-1] == want, (kind, lq, dtype, grad, d)
 
 
 def test_auto_sends_plain_calls_to_one_sdpa_call(monkeypatch):

@@ -66,12 +66,12 @@ def dense_rows(x: LayerInputs) -> int | None:
 def fa4_forward(query, key, value, x: LayerInputs, plan, scale: float, varlen=fa4_varlen):
     """`flash_forward` on FA4: unpadded calls by a dense window call, a dense causal call for the full rows and the
     sinks merged by `sink_merge_`; other calls by the split varlen calls."""
-    n, d = x.cached("fa4_dense", lambda: dense_rows(x)), query.shape[-1]
-    if n is None or d < 16 or d & (d - 1):
+    from swaa.attention.sink_merge import sink_merge_, takes_head_dim
+    n = x.cached("fa4_dense", lambda: dense_rows(x))
+    if n is None or not takes_head_dim(query.shape[-1]):
         return flash_forward(query, key, value, x, plan, scale, varlen)
     from flash_attn.cute import flash_attn_func
 
-    from swaa.attention.sink_merge import sink_merge_
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     parts = []
     if n:

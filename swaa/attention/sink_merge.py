@@ -132,7 +132,12 @@ def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], 
     dv[:, :sink] += acc_v.to(dv.dtype)
 
 
+def takes_head_dim(d: int) -> bool:
+    """Whether the kernels' tiles take head dimension d: a power of two >= 16."""
+    return d >= 16 and not d & (d - 1)
+
+
 def _check_head_dim(d: int, *tensors: torch.Tensor) -> None:
-    """Refuse what the kernels' tiles cannot take: a head dim that is not a power of two >= 16, or strided rows."""
-    if d < 16 or d & (d - 1) or any(t.stride(-1) != 1 for t in tensors):
+    """Refuse what the kernels' tiles cannot take: a head dim `takes_head_dim` refuses, or strided rows."""
+    if not takes_head_dim(d) or any(t.stride(-1) != 1 for t in tensors):
         raise ValueError(f"sink kernels: head dim must be a power of two >= 16 with unit stride, got {d}")
