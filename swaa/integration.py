@@ -155,8 +155,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     than 'reference' and than FA on CPU, BENCHMARKS.md)."""
     if backend == "auto":
         choice = "auto" if device.type == "cuda" else "chunked"
-        _log_choice_once("fa4 (where flash-attn-4 runs) or flex for SWA prefill and training, flash for full layers "
-                         "and decode" if choice == "auto" else choice,
+        _log_choice_once("fa4 (where flash-attn-4 runs, head dims 64 / 128) or flex for SWA prefill and training, "
+                         "flash for full layers and decode" if choice == "auto" else choice,
                          device.type)
         return choice
     if backend not in BACKENDS:
