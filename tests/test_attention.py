@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from swaa.attention import BACKENDS
+from swaa.attention import BACKENDS, fa4_blocks
 from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import dense_mask
@@ -331,10 +331,31 @@ def fa4_stand_in(monkeypatch) -> None:
                            max_seqlen_q=lq, max_seqlen_k=lk, softmax_scale=softmax_scale, causal=causal,
                            window_size=window_size, return_lse=return_lse)
         return out.unflatten(0, (b, lq)), lse.unflatten(1, (b, lq)).transpose(0, 1).contiguous()
+    def block_sparse(q, k, v, *, softmax_scale, mask_mod, block_sparse_tensors, return_lse):
+        """FA4's block-sparse forward: pair (i, j) counts where its tile is listed full, or listed partial and
+        `mask_mod` (here a PyTorch predicate) allows it; lists broadcast over batch and heads."""
+        (partial_count, partial_index, full_count, full_index), tile = block_sparse_tensors
+        n, tile = q.shape[1], tile[0]
+        tiles = torch.zeros(2, partial_count.shape[-1], partial_index.shape[-1], dtype=torch.bool)
+        for kind, (count, index) in enumerate([(partial_count, partial_index), (full_count, full_index)]):
+            for row in range(count.shape[-1]):
+                tiles[kind, row, index[0, 0, row, :count[0, 0, row]].long()] = True
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None]
+        partial, full = (t.repeat_interleave(tile, 0).repeat_interleave(tile, 1)[:n, :n] for t in tiles)
+        allowed = full | (partial & mask_mod(i, j))
+        g = q.shape[2] // k.shape[2]
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(g, 2)) * softmax_scale
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, -1), v.repeat_interleave(g, 2))
+        return out, scores.logsumexp(-1), None
     cute = SimpleNamespace(flash_attn_varlen_func=forward, flash_attn_func=dense,
-                           interface=SimpleNamespace(_flash_attn_bwd=backward))
+                           interface=SimpleNamespace(_flash_attn_bwd=backward, _flash_attn_fwd=block_sparse),
+                           block_sparsity=SimpleNamespace(BlockSparseTensorsTorch=lambda *t, block_size: (t,
+                                                                                                          block_size)))
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", cute.interface)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.block_sparsity", cute.block_sparsity)
+    monkeypatch.setattr(fa4_blocks, "sink_window_mask", lambda w, s: lambda i, j: (j <= i) & ((i - j < w) | (j < s)))
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -1,7 +1,8 @@
 """FlashAttention-4 backend (CUDA compute capability >= 9.0, `pip install flash-attn-4`): the flash backend's split
 calls (a window call for SWA rows, a causal call for full rows, the sink keys merged by log-sum-exp) on FA4's own
 kernels; each call's backward is given the merged output and LSE, so it is exact. Unpadded batches (prefill, training
-rows) run FA4's dense kernels with the sinks in one Triton pass each way (swaa.attention.sink_merge).
+rows) run FA4's dense kernels: the SWA rows with their sinks in one block-sparse call (swaa.attention.fa4_blocks),
+their backward FA4's window backward plus one Triton pass for the sink keys (swaa.attention.sink_backward).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.util
 
 import torch
 
+from swaa.attention.fa4_blocks import block_sparse, sink_window_attention
 from swaa.attention.flash import flash_attention_fn, flash_backward, flash_forward, flash_varlen_backward
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import flash_window
@@ -64,9 +66,9 @@ def dense_rows(x: LayerInputs) -> int | None:
 
 
 def fa4_forward(query, key, value, x: LayerInputs, plan, scale: float, varlen=fa4_varlen):
-    """`flash_forward` on FA4: unpadded calls by a dense window call, a dense causal call for the full rows and the
-    sinks merged by `sink_merge_`; other calls by the split varlen calls."""
-    from swaa.attention.sink_merge import sink_merge_, takes_head_dim
+    """`flash_forward` on FA4: unpadded calls by one dense call for the SWA rows (FA4's window, or with sinks its
+    block-sparse mask) and a dense causal call for the full rows; other calls by the split varlen calls."""
+    from swaa.attention.sink_backward import takes_head_dim
     n = x.cached("fa4_dense", lambda: dense_rows(x))
     if n is None or not takes_head_dim(query.shape[-1]):
         return flash_forward(query, key, value, x, plan, scale, varlen)
@@ -74,7 +76,10 @@ def fa4_forward(query, key, value, x: LayerInputs, plan, scale: float, varlen=fa
 
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     parts = []
-    if n:
+    if n and x.sink and n > x.window:  # rows past the window also see the sinks: one block-sparse call
+        tiles = x.cached("fa4_tiles", lambda: block_sparse(n, x.window, x.sink, q.shape[0], q.shape[2], q.device))
+        parts.append(sink_window_attention(q[:, :n], k[:, :n], v[:, :n], x.window, x.sink, scale, tiles))
+    elif n:
         parts.append(flash_attn_func(q[:, :n], k[:, :n], v[:, :n], softmax_scale=scale, causal=True,
                                      window_size=flash_window(x.window), return_lse=True))
     if n < q.shape[1]:
@@ -82,8 +87,6 @@ def fa4_forward(query, key, value, x: LayerInputs, plan, scale: float, varlen=fa
     out, lse = parts[0]
     if len(parts) == 2:
         out, lse = torch.cat([out, parts[1][0]], 1), torch.cat([lse, parts[1][1]], 2)
-    if x.sink:
-        sink_merge_(q, k, v, out, lse, (x.window, n), x.window, x.sink, scale)
     return out, lse.transpose(1, 2)
 
 
@@ -96,7 +99,7 @@ def fa4_backward(d_out, query, key, value, out, lse, x: LayerInputs, plan, scale
         return flash_backward(d_out, query, key, value, out, lse, x, plan, scale, varlen_bwd)
     from flash_attn.cute.interface import _flash_attn_bwd
 
-    from swaa.attention.sink_merge import sink_backward_
+    from swaa.attention.sink_backward import sink_backward_
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     lse = lse.transpose(1, 2)  # (B, Hq, L)
     parts = []

@@ -1,6 +1,6 @@
-"""The sink keys of SWA rows in one Triton pass each way: each query row i >= W attends the sink keys j < S left of
-its window (j <= i - W). Forward: a window call's output and log-sum-exp rescaled in place; backward: the sink keys'
-share of dq, dk, dv, given the merged output and log-sum-exp.
+"""The sink keys' share of the gradients of SWA rows in one Triton pass: each query row i >= W attends the sink keys
+j < S left of its window (j <= i - W); given the merged output and log-sum-exp, the pass adds that share to dq, dk, dv
+(the fa4 backend's backward; its forward has the sinks inside FA4's call, swaa.attention.fa4_blocks).
 """
 
 from __future__ import annotations
@@ -9,66 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch parameters chosen by `python -m swaa.bench sinks` on an H100 (BENCHMARKS.md). BLOCK: query rows per
-# program (backward: per step of its loop); ROWS: query rows per backward program, over which its dk, dv partial sums
-# stay in registers (at head dim 128, 8 warps spill a tenth of what 4 do).
-FORWARD_LAUNCH = {"BLOCK": 64, "num_warps": 4, "num_stages": 2}
+# Launch parameters chosen by `python -m swaa.bench sinks` on an H100 (BENCHMARKS.md). BLOCK: query rows per step of
+# a program's loop; ROWS: query rows per program, over which its dk, dv partial sums stay in registers (at head dim
+# 128, 8 warps spill a tenth of what 4 do).
 BACKWARD_LAUNCH = {"BLOCK": 64, "ROWS": 2048, "num_warps": 8, "num_stages": 1}
-
-
-@triton.jit
-def _sink_merge_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, row_start, row_end, window, sink, scale,
-                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h, sl_b, sl_h, sl_l,
-                       HEADS: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    b, h = tl.program_id(1) // HEADS, tl.program_id(1) % HEADS
-    rows = row_start + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = rows < row_end
-    cols, dims = tl.arange(0, BLOCK_S), tl.arange(0, D)
-    q = tl.load(q_ptr + b * sq_b + h * sq_h + rows[:, None] * sq_l + dims[None, :], mask=live[:, None], other=0.0)
-    kv = h // GROUP
-    k = tl.load(k_ptr + b * sk_b + kv * sk_h + cols[:, None] * sk_l + dims[None, :], mask=(cols < sink)[:, None],
-                other=0.0)
-    v = tl.load(v_ptr + b * sv_b + kv * sv_h + cols[:, None] * sv_l + dims[None, :], mask=(cols < sink)[:, None],
-                other=0.0)
-    scores = tl.dot(q, tl.trans(k)) * scale
-    seen = (cols[None, :] < sink) & (cols[None, :] <= rows[:, None] - window) & live[:, None]
-    scores = tl.where(seen, scores, float("-inf"))
-    m = tl.max(scores, 1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    p = tl.where(seen, tl.exp(scores - m_safe[:, None]), 0.0)
-    acc = tl.dot(p.to(v.dtype), v)  # sink output x its softmax sum, relative to m
-    lse_sink = tl.where(m == float("-inf"), float("-inf"), m_safe + tl.log(tl.sum(p, 1)))
-    lse_ptrs = lse_ptr + b * sl_b + h * sl_h + rows * sl_l
-    lse_win = tl.load(lse_ptrs, mask=live, other=0.0)
-    top = tl.maximum(lse_win, lse_sink)
-    lse = top + tl.log(tl.exp(lse_win - top) + tl.exp(lse_sink - top))
-    o_ptrs = o_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dims[None, :]
-    o = tl.load(o_ptrs, mask=live[:, None], other=0.0).to(tl.float32)
-    out = o * tl.exp(lse_win - lse)[:, None] + acc * tl.exp(m_safe - lse)[:, None]
-    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=live[:, None])
-    tl.store(lse_ptrs, lse, mask=live)
-
-
-def sink_merge_(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                rows: tuple[int, int], window: int, sink: int, scale: float, launch: dict | None = None) -> None:
-    """Merge the sink keys into rows [a, b) of a window call's `out` (B, L, Hq, D) and `lse` (B, Hq, L), in place.
-
-    q (B, L, Hq, D), k/v (B, Lk, Hkv, D), each with unit stride in D; D a power of two >= 16. `launch`: launch
-    parameters instead of FORWARD_LAUNCH.
-    """
-    a, b = rows
-    batch, _, heads, d = q.shape
-    sink = min(sink, k.shape[1])  # keys past the sequence: never seen (j <= i - W), and out of bounds
-    if b <= a:
-        return
-    _check_head_dim(d, q, k, v, out)
-    launch = launch or FORWARD_LAUNCH
-    grid = (triton.cdiv(b - a, launch["BLOCK"]), batch * heads)
-    _sink_merge_kernel[grid](q, k, v, out, lse, a, b, window, sink, scale, *q.stride()[:3], *k.stride()[:3],
-                             *v.stride()[:3], *out.stride()[:3], *lse.stride(), HEADS=heads,
-                             GROUP=heads // k.shape[2], D=d, BLOCK_S=max(16, triton.next_power_of_2(sink)),
-                             **launch)
 
 
 @triton.jit
@@ -111,8 +55,8 @@ def _sink_backward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, d
 def sink_backward_(q, k, v, out, d_out, lse, dq, dk, dv, rows: tuple[int, int], window: int, sink: int,
                    scale: float, launch: dict | None = None) -> None:
     """Add the sink keys' share of the gradients of rows [a, b) to dq (B, L, Hq, D) and dk, dv (B, Lk, Hkv, D), in
-    place, given the merged `out` and `lse` (B, Hq, L) and d_out (B, L, Hq, D); inputs as in `sink_merge_`, `launch`
-    instead of BACKWARD_LAUNCH."""
+    place, given the merged `out` and `lse` (B, Hq, L) and d_out (B, L, Hq, D); q (B, L, Hq, D), k/v (B, Lk, Hkv, D),
+    each with unit stride in D, D a power of two >= 16; `launch` instead of BACKWARD_LAUNCH."""
     a, b = rows
     batch, _, heads, d = q.shape
     sink = min(sink, k.shape[1])
