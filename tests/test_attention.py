@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from swaa.attention import BACKENDS, fa4_blocks
+from swaa.attention import BACKENDS, fa4, fa4_blocks
 from swaa.attention.fa4 import fa4_unavailable
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import dense_mask
@@ -356,6 +356,7 @@ def fa4_stand_in(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", cute.interface)
     monkeypatch.setitem(sys.modules, "flash_attn.cute.block_sparsity", cute.block_sparsity)
     monkeypatch.setattr(fa4_blocks, "sink_window_mask", lambda w, s: lambda i, j: (j <= i) & ((i - j < w) | (j < s)))
+    monkeypatch.setattr(fa4, "sparse_tiles_fit", lambda device: True)  # the CPU stands in for an sm90 GPU
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -367,6 +368,28 @@ def test_fa4_calls_match_float64_with_stand_ins(seed, monkeypatch):
     (got, want), x = split_calls_vs_float64(500 + seed, fa4_varlen, fa4_varlen_backward)
     for g_got, g_want in zip(got, want):
         assert (g_got - g_want).abs().max() < 1e-9, (seed, x.kind, x.window, x.sink)
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_fa4_dense_sinks_take_the_block_sparse_call_only_where_its_tiles_fit(fits, monkeypatch):
+    """Unpadded rows past the window with sinks: one block-sparse FA4 call where its tiles fit (sm90), else the split
+    varlen calls (sm100); the output matches float64 either way."""
+    fa4_stand_in(monkeypatch)
+    monkeypatch.setattr(fa4, "sparse_tiles_fit", lambda device: fits)
+    calls = []
+    interface = sys.modules["flash_attn.cute.interface"]
+    monkeypatch.setattr(interface, "_flash_attn_fwd", lambda *a, _f=interface._flash_attn_fwd, **k: (
+        calls.append("block_sparse"), _f(*a, **k))[1])
+    n, window, sink = 300, 40, 5
+    pos = torch.arange(n)[None]
+    x = LayerInputs(pos, pos, torch.tensor([n]), window, sink, "swa", ("all",), {})
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 16, generator=gen, dtype=torch.float64) for h in (4, 2, 2))
+    from swaa.attention.flash import flash_attention
+    got = flash_attention(q, k, v, x, 0.3, **fa4.fa4_kernels(16))
+    want = attention64(q, k, v, dense_mask(x.q_pos, x.k_pos, x.prompt_len, window, sink, "swa"), 0.3)
+    assert (got - want).abs().max() < 1e-9
+    assert calls == (["block_sparse"] if fits else [])
 
 
 @pytest.mark.parametrize("seed", range(60))

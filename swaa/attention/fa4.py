@@ -12,7 +12,7 @@ import importlib.util
 
 import torch
 
-from swaa.attention.fa4_blocks import block_sparse, sink_window_attention
+from swaa.attention.fa4_blocks import block_sparse, sink_window_attention, sparse_tiles_fit
 from swaa.attention.flash import flash_attention_fn, flash_backward, flash_forward, flash_varlen_backward
 from swaa.attention.inputs import LayerInputs
 from swaa.masks import flash_window
@@ -67,16 +67,18 @@ def dense_rows(x: LayerInputs) -> int | None:
 
 def fa4_forward(query, key, value, x: LayerInputs, plan, scale: float, varlen=fa4_varlen):
     """`flash_forward` on FA4: unpadded calls by one dense call for the SWA rows (FA4's window, or with sinks its
-    block-sparse mask) and a dense causal call for the full rows; other calls by the split varlen calls."""
+    block-sparse mask where `sparse_tiles_fit`) and a dense causal call for the full rows; other calls by the split
+    varlen calls."""
     from swaa.attention.sink_backward import takes_head_dim
     n = x.cached("fa4_dense", lambda: dense_rows(x))
-    if n is None or not takes_head_dim(query.shape[-1]):
+    past_window = bool(n and x.sink and n > x.window)  # rows that also see sink keys outside their window
+    if n is None or not takes_head_dim(query.shape[-1]) or (past_window and not sparse_tiles_fit(query.device)):
         return flash_forward(query, key, value, x, plan, scale, varlen)
     from flash_attn.cute import flash_attn_func
 
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D)
     parts = []
-    if n and x.sink and n > x.window:  # rows past the window also see the sinks: one block-sparse call
+    if past_window:
         tiles = x.cached("fa4_tiles", lambda: block_sparse(n, x.window, x.sink, q.shape[0], q.shape[2], q.device))
         parts.append(sink_window_attention(q[:, :n], k[:, :n], v[:, :n], x.window, x.sink, scale, tiles))
     elif n:

@@ -13,6 +13,12 @@ import torch
 TILE = 128
 
 
+def sparse_tiles_fit(device: torch.device) -> bool:
+    """Whether FA4's forward takes TILE x TILE lists on this GPU: sm90, whose tiles fit them (GPU-tested). sm100 stages
+    two 128-row query tiles and asks for 256-row query blocks (untested), so the fa4 backend splits calls there."""
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
 def tile_classes(length: int, window: int, sink: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial, full), each (M, N) bool over query x key tiles of `length` rows: whether the tile holds some but not
     all, or all, of its pairs visible (key j <= query i, and i - j < window or j < sink)."""
