@@ -100,6 +100,9 @@ def check_error(make_call: Callable, window, sink, hq, hkv, d, dtype, device, n=
 
 CAUSAL_KERNELS = {"fa_causal": None, "flash_causal": SDPBackend.FLASH_ATTENTION,
                   "cudnn_causal": SDPBackend.CUDNN_ATTENTION}  # None: SDPA's own choice
+# every kernel the job can time (--kernels): causal ones, then SWAA backends and FA4's own window
+KERNELS = (*CAUSAL_KERNELS, "flex_causal", "fa4_causal", "fa4_native_causal", "flash", "cudnn", "fa4", "fa4_flex",
+           "flex", "fa4_native")
 
 
 def sdpa_choice(q, k, v) -> str:
@@ -150,34 +153,38 @@ def _swaa_case(make_call: Callable, tune: dict | None, window: int | None, sink:
 
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
-          flex_tunings: list[dict] = (), repeats: int = 10) -> list[dict]:
+          flex_tunings: list[dict] = (), repeats: int = 10, kernels: tuple[str, ...] = KERNELS) -> list[dict]:
     """Time causal SDPA, Triton flex's causal kernel (and FA4's where flash-attn-4 runs), then flash, cudnn (when
     nvidia-cudnn-frontend is installed), fa4, fa4_flex, flex (once per entry of `flex_tunings`: kernel_options plus an
-    optional compile_mode) and, without sinks, FA4's own window at each sink count; SWA rows get their time over
-    (visible-pair share x each causal kernel's)."""
+    optional compile_mode) and, without sinks, FA4's own window at each sink count, each where named in `kernels`;
+    SWA rows get their time over (visible-pair share x each causal kernel's)."""
     device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
     kk, vv = (t.detach().repeat_interleave(hq // hkv, 1).requires_grad_() for t in (k, v))
     dout = torch.randn(1, length, hq, d, device=device, dtype=dtype)
-    cases = _causal_cases(q, kk, vv, dout)
+    cases = [c for c in _causal_cases(q, kk, vv, dout) if c[0] in kernels]
     fa4 = fa4_unavailable() is None
     flex = functools.partial(backend_call, "flex")
     # Triton flex with a causal block mask: the rate per pair a Triton kernel of flex's template reaches without a band
-    cases.append(_swaa_case(flex, None, None, 0, q, k, v, dout, label="flex_causal"))
+    if "flex_causal" in kernels:
+        cases.append(_swaa_case(flex, None, None, 0, q, k, v, dout, label="flex_causal"))
     if fa4:  # FlashAttention-4's causal kernel: on flex's FLASH backend with a causal block mask, and its own
-        cases.append(_swaa_case(flex, FA4_FLEX, None, 0, q, k, v, dout, label="fa4_causal"))
-        cases.append(_swaa_case(fa4_native_call, None, None, 0, q, k, v, dout, label="fa4_native_causal"))
+        if "fa4_causal" in kernels:
+            cases.append(_swaa_case(flex, FA4_FLEX, None, 0, q, k, v, dout, label="fa4_causal"))
+        if "fa4_native_causal" in kernels:
+            cases.append(_swaa_case(fa4_native_call, None, None, 0, q, k, v, dout, label="fa4_native_causal"))
     # (label, kernel, flex tuning); 'fa4_flex' = flex's block mask on FA4 kernels, forward and backward
     cudnn = importlib.util.find_spec("cudnn") is not None
     variants = [("flash", functools.partial(backend_call, "flash"), None)] \
         + [("cudnn", functools.partial(backend_call, "cudnn"), None)] * cudnn \
         + [("fa4", functools.partial(backend_call, "fa4"), None), ("fa4_flex", flex, FA4_FLEX)] * fa4 \
         + [(f"flex {json.dumps(t)}" if flex_tunings else "flex", flex, t) for t in (flex_tunings or [{}])]
+    variants = [variant for variant in variants if variant[0].split()[0] in kernels]
     for sink in sinks:
         for label, make_call, tune in variants:
             cases.append(_swaa_case(make_call, tune, window, sink, q, k, v, dout, label))
-        if fa4 and sink == 0:  # FA4's own window, no block mask (it has no sink tokens)
+        if fa4 and sink == 0 and "fa4_native" in kernels:  # FA4's own window, no block mask (it has no sink tokens)
             cases.append(_swaa_case(fa4_native_call, None, window, 0, q, k, v, dout, label="fa4_native"))
     for name, w, s, fwd, fwd_bwd, err in cases:
         if err is not None and not err < TOLERANCE:
@@ -251,6 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '{"compile_mode": "max-autotune-no-cudagraphs"}]\': FlexKernelOptions plus compile_mode')
     parser.add_argument("--repeats", type=int_at_least(1), default=10,
                         help=f"timed calls per kernel, after {WARMUPS} warm-ups")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=KERNELS,
+                        help="time only these (default: all; flash-attn-4's and cuDNN's where installed)")
     parser.add_argument("--out", default=None, help="write rows and metadata as JSON here")
 
 
@@ -264,7 +273,8 @@ def check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> None:
     # each flex tuning is a separate compilation; past dynamo's limit flex would fall back to its dense eager path
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(args.flex_tunings))
-    rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings, repeats=args.repeats)
+    rows = bench(args.length, args.window, args.sinks, flex_tunings=args.flex_tunings, repeats=args.repeats,
+                 kernels=tuple(args.kernels))
     meta = run_metadata(torch.device("cuda"), args.command, length=args.length, window=args.window,
                         heads="32q/8kv", head_dim=128, dtype="bf16", repeats=args.repeats, warmups=WARMUPS,
                         useful_flops="visible pairs x 4 x head_dim x heads (fwd+bwd: x3.5)",
