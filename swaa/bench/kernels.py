@@ -204,6 +204,9 @@ def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype
                      "fwd_tflops": flops / times["fwd_ms"] / 1e9,
                      "fwd_bwd_tflops": 3.5 * flops / times["fwd_bwd_ms"] / 1e9, "visible_pairs": pairs})
         log.info("%s", rows[-1])
+    if not rows:
+        raise ValueError(f"--kernels {' '.join(kernels)}: none of them can run here (fa4 needs flash-attn-4 on sm90+, "
+                         "cudnn nvidia-cudnn-frontend)")
     add_proportional(rows, visible_pairs(length, None, 0))
     rows[0]["sdpa_choice"] = sdpa_choice(q, kk, vv)
     return rows
