@@ -1,4 +1,5 @@
-"""swaa.bench.kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list."""
+"""swaa.bench.kernels' CPU-side arithmetic: visible pairs, proportional-time ratios, the table, the tuning list, the
+choice of kernels."""
 
 import argparse
 import contextlib
@@ -112,3 +113,27 @@ def test_fa4_native_call_asks_for_the_window_swaa_means(monkeypatch, window):
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     args = dict(hq=4, hkv=2, d=16, dtype=torch.float32, device=torch.device("cpu"), n=256)
     assert check_error(fa4_native_call, window, 0, **args) < 1e-5
+
+
+def test_kernels_option_times_only_the_named_kernels(monkeypatch):
+    """`--kernels`: only the named rows are checked and timed (each at every sink count where it has sinks), and a
+    choice that leaves nothing to run here is an error that says so."""
+    made = []
+
+    def case(make_call, tune, window, sink, q, k, v, dout, label):
+        made.append(label)
+        return label, window, sink, lambda: None, lambda: None, 0.0
+    monkeypatch.setattr(bench_kernels, "_swaa_case", case)
+    monkeypatch.setattr(bench_kernels, "fa4_unavailable", lambda: None)
+    monkeypatch.setattr(bench_kernels, "warm_then_time", lambda fn, device, repeats, warmups: [1.0] * repeats)
+    monkeypatch.setattr(bench_kernels, "sdpa_choice", lambda q, k, v: "FLASH_ATTENTION")
+    cpu = torch.device("cpu")
+    rows = bench_kernels.bench(64, 16, [0, 4], hq=2, hkv=1, d=8, repeats=2, device=cpu,
+                               kernels=("fa_causal", "fa4", "fa4_native"))
+    assert [(r["kernel"], r["sink"]) for r in rows] == [("fa_causal", 0), ("fa4", 0), ("fa4_native", 0), ("fa4", 4)]
+    assert made == ["fa4", "fa4_native", "fa4"]
+    assert rows[1]["fwd_vs_proportional"] == pytest.approx(
+        {"fa_causal": visible_pairs(64, None, 0) / visible_pairs(64, 16, 0)})
+    monkeypatch.setattr(bench_kernels, "fa4_unavailable", lambda: "no flash-attn-4")
+    with pytest.raises(ValueError, match="--kernels fa4 fa4_native: none of them can run here"):
+        bench_kernels.bench(64, 16, [0], hq=2, hkv=1, d=8, repeats=2, device=cpu, kernels=("fa4", "fa4_native"))

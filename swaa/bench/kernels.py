@@ -153,12 +153,12 @@ def _swaa_case(make_call: Callable, tune: dict | None, window: int | None, sink:
 
 
 def bench(length: int, window: int, sinks: list[int], hq=32, hkv=8, d=128, dtype=torch.bfloat16,
-          flex_tunings: list[dict] = (), repeats: int = 10, kernels: tuple[str, ...] = KERNELS) -> list[dict]:
+          flex_tunings: list[dict] = (), repeats: int = 10, kernels: tuple[str, ...] = KERNELS,
+          device: torch.device = torch.device("cuda")) -> list[dict]:
     """Time causal SDPA, Triton flex's causal kernel (and FA4's where flash-attn-4 runs), then flash, cudnn (when
     nvidia-cudnn-frontend is installed), fa4, fa4_flex, flex (once per entry of `flex_tunings`: kernel_options plus an
     optional compile_mode) and, without sinks, FA4's own window at each sink count, each where named in `kernels`;
     SWA rows get their time over (visible-pair share x each causal kernel's)."""
-    device = torch.device("cuda")
     rows = []
     q, k, v = _qkv(length, hq, hkv, d, dtype, device, grad=True)
     kk, vv = (t.detach().repeat_interleave(hq // hkv, 1).requires_grad_() for t in (k, v))
