@@ -116,8 +116,8 @@ def test_fa4_native_call_asks_for_the_window_swaa_means(monkeypatch, window):
 
 
 def test_kernels_option_times_only_the_named_kernels(monkeypatch):
-    """`--kernels`: only the named rows are checked and timed (each at every sink count where it has sinks), and a
-    choice that leaves nothing to run here is an error that says so."""
+    """`--kernels`: only the named rows are checked and timed (each at every sink count where it has sinks), SDPA's
+    kernel choice is recorded on SDPA's row alone, and a choice that leaves nothing to run here is an error."""
     made = []
 
     def case(make_call, tune, window, sink, q, k, v, dout, label):
@@ -132,8 +132,11 @@ def test_kernels_option_times_only_the_named_kernels(monkeypatch):
                                kernels=("fa_causal", "fa4", "fa4_native"))
     assert [(r["kernel"], r["sink"]) for r in rows] == [("fa_causal", 0), ("fa4", 0), ("fa4_native", 0), ("fa4", 4)]
     assert made == ["fa4", "fa4_native", "fa4"]
+    assert [r.get("sdpa_choice") for r in rows] == ["FLASH_ATTENTION", None, None, None]
     assert rows[1]["fwd_vs_proportional"] == pytest.approx(
         {"fa_causal": visible_pairs(64, None, 0) / visible_pairs(64, 16, 0)})
+    rows = bench_kernels.bench(64, 16, [4], hq=2, hkv=1, d=8, repeats=2, device=cpu, kernels=("fa4",))
+    assert [r["kernel"] for r in rows] == ["fa4"] and "sdpa_choice" not in rows[0]  # SDPA's choice: its row only
     monkeypatch.setattr(bench_kernels, "fa4_unavailable", lambda: "no flash-attn-4")
     with pytest.raises(ValueError, match="--kernels fa4 fa4_native: none of them can run here"):
         bench_kernels.bench(64, 16, [0], hq=2, hkv=1, d=8, repeats=2, device=cpu, kernels=("fa4", "fa4_native"))
