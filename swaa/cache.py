@@ -33,7 +33,7 @@ class SlotPlan:
         slots = torch.cat([kept, torch.arange(seen, seen + new, device=device)])  # returned to attention
         pos = self.key_positions()[:, slots]  # (B, kept + new)
         is_sink = ((pos >= 0) & (pos < self.sink)).any(0)
-        in_tail = torch.arange(len(slots), device=device) >= len(slots) - (self.window - 1)
+        in_tail = ((pos >= 0) & (pos > pos.amax(1, keepdim=True) - (self.window - 1))).any(0)  # any padding side
         self.keep = (is_sink | in_tail).nonzero().squeeze(1)  # the one host sync of the step
         self.slots, self.kept = slots, slots[self.keep]
         self.step_of, self.seen = seen, seen + new

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import weakref
 from typing import Iterator
 
 import torch
@@ -58,10 +59,10 @@ class SWAARuntime:
         self.sliding_cache = sliding_cache and "swa" in self.kinds
         self.active = True
         self.fwd: _Forward | None = None
-        self.prompt_len: torch.Tensor | None = None  # of the sequence being generated, kept across decode steps
+        self.cache_prompt_len = weakref.WeakKeyDictionary()  # P of each cache's sequences, read when it is continued
         self.forced_prompt_len: torch.Tensor | None = None
         self.signature = inspect.signature(model.forward)
-        self.handle = None
+        self.handles = ()
 
     # -- bookkeeping, once per forward ------------------------------------------------------------------------
     def before_forward(self, module, args, kwargs):
@@ -79,10 +80,21 @@ class SWAARuntime:
         valid = self._valid_keys(get("attention_mask"), batch, past, q_len, tokens.device)
         k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)  # (B, past + Lq)
         q_pos = k_pos[:, past:]
-        prompt_len = self._prompt_len(get("labels"), valid, past)
-        if cache is not None and past == 0 and self.sliding_cache:
-            self._install_sliding_cache(cache)
+        prompt_len = self._prompt_len(get("labels"), valid, past, cache)
+        if cache is not None and past == 0:
+            self._install_cache_layers(cache)
         self.fwd = _Forward(q_pos, k_pos, prompt_len, cache)
+        return None
+
+    def after_forward(self, module, args, kwargs, output):
+        """Remember P for the cache a forward prefilled (or was given P for), given or made by the model."""
+        fwd = self.fwd
+        if not self.active or fwd is None:
+            return None
+        cache = getattr(output, "past_key_values", None)
+        cache = fwd.cache if cache is None else cache
+        if cache is not None and (fwd.k_pos.shape[1] == fwd.q_pos.shape[1] or self.forced_prompt_len is not None):
+            self.cache_prompt_len[cache] = fwd.prompt_len
         return None
 
     @staticmethod
@@ -97,28 +109,36 @@ class SWAARuntime:
                              f"one column per cached ({past}) and new ({q_len}) token")
         return mask.to(device=device, dtype=torch.bool)
 
-    def _prompt_len(self, labels, valid, past: int) -> torch.Tensor:
-        """P per sequence: from labels (training), a forced value, the prefill (generation), or the last prefill."""
+    def _prompt_len(self, labels, valid, past: int, cache) -> torch.Tensor:
+        """P per sequence: from labels (training), a forced value, the prefill (generation), or the cache's prefill."""
+        batch = valid.shape[0]
         if labels is not None:
             return valid[:, :past].sum(1) + answer_start(labels, valid[:, past:])
         if self.forced_prompt_len is not None:
+            if self.forced_prompt_len.shape != (batch,):
+                raise ValueError(f"prompt_lengths: got {list(self.forced_prompt_len.shape)} lengths for a batch of "
+                                 f"{batch} sequences; give one length per sequence")
             return self.forced_prompt_len.to(valid.device)
         if past == 0:
-            self.prompt_len = valid.sum(1)
-        elif self.prompt_len is None or self.prompt_len.shape[0] != valid.shape[0]:
+            return valid.sum(1)
+        prompt_len = self.cache_prompt_len.get(cache)
+        if prompt_len is None or prompt_len.shape[0] != batch:
             raise RuntimeError("continuing a KV cache whose prefill SWAA did not see: prefill through the patched "
                                "model, or give the prompt lengths with swaa.prompt_lengths(model, lengths)")
-        return self.prompt_len
+        return prompt_len
 
-    def _install_sliding_cache(self, cache) -> None:
+    def _install_cache_layers(self, cache) -> None:
+        """SWAA's layers in a fresh DynamicCache: sink + window ones for SWA layers with `sliding_cache`, all keys
+        elsewhere (also where the model's own config asks for sliding-window layers, which would drop keys)."""
         if type(cache) is not DynamicCache:
-            _warn_once(f"SWAA keeps the full KV cache for {type(cache).__name__}; pass a DynamicCache (the generate "
-                       "default) for the sink+window cache of SWA layers")
+            if self.sliding_cache:
+                _warn_once(f"SWAA keeps the full KV cache for {type(cache).__name__}; pass a DynamicCache (the "
+                           "generate default) for the sink+window cache of SWA layers")
             return
-        w, s = self.config.window, self.config.sink
         positions = lambda: self.fwd.k_pos  # noqa: E731  (read at update time: the current forward's positions)
-        plan = SlotPlan(w, s, positions)
-        cache.layers = [SinkWindowLayer(plan) if kind == "swa" else DynamicLayer() for kind in self.kinds]
+        plan = SlotPlan(self.config.window, self.config.sink, positions)
+        cache.layers = [SinkWindowLayer(plan) if kind == "swa" and self.sliding_cache else DynamicLayer()
+                        for kind in self.kinds]
 
     # -- per layer call ------------------------------------------------------------------------------------------
     def layer_inputs(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> LayerInputs:
@@ -242,7 +262,8 @@ def apply_swaa(model: PreTrainedModel, config: SWAAConfig | None = None, backend
     AttentionInterface.register(name, BACKENDS[backend])
     for idx, module in layers.items():
         module.swaa_layer = _LayerHandle(runtime, idx)
-    runtime.handle = model.register_forward_pre_hook(runtime.before_forward, with_kwargs=True)
+    runtime.handles = (model.register_forward_pre_hook(runtime.before_forward, with_kwargs=True),
+                       model.register_forward_hook(runtime.after_forward, with_kwargs=True))
     model.swaa_runtime = runtime
     model.set_attn_implementation(name)
     log.info("SWAA %s applied to %s with backend %r (%d full, %d SWA layers)", config.tag, type(model).__name__,
@@ -254,7 +275,8 @@ def remove_swaa(model: PreTrainedModel) -> PreTrainedModel:
     """Undo apply_swaa: original attention implementation, no hook, no SWAA entry in the config."""
     runtime = model.__dict__.pop("swaa_runtime", None)
     if runtime is not None:
-        runtime.handle.remove()
+        for handle in runtime.handles:
+            handle.remove()
         model.set_attn_implementation(runtime.original_impl)
         for module in attention_layers(model).values():
             module.__dict__.pop("swaa_layer", None)

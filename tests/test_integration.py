@@ -147,6 +147,78 @@ def test_sliding_cache_equals_full_cache_and_is_constant():
     assert sizes == [2 * 2 + 4, 2 * 2 + 4]  # two rows' sinks (different padding) + W-1 window keys
 
 
+def test_decode_continues_the_prompt_length_of_its_own_cache():
+    """P belongs to the cache being continued: not to the model's last forward, not lost after prompt_lengths."""
+    model = apply_swaa(tiny_model("llama"), SWAAConfig(window=3, fa_decode=True), backend="reference")
+    ids, mask = batch((20, 14))
+    other, other_mask = batch((31, 31), seed=1)
+    seq, _ = greedy(model, ids, mask, new=4)
+    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1]:])], 1)
+    labels = torch.full_like(seq, -100)
+    labels[:, ids.shape[1]:] = seq[:, ids.shape[1]:]
+    n = ids.shape[1]
+    want = model(seq, attention_mask=full_mask, labels=labels).logits[:, n:]
+
+    def decode(cache):
+        return model(seq[:, n:], attention_mask=full_mask, past_key_values=cache).logits
+
+    cache = DynamicCache()
+    model(ids, attention_mask=mask, past_key_values=cache)
+    model(other, attention_mask=other_mask)  # another sequence in between (scoring, a second cache)
+    model(other, attention_mask=other_mask, past_key_values=DynamicCache())
+    assert torch.allclose(decode(cache), want, atol=1e-5)
+    cache = DynamicCache()
+    with prompt_lengths(model, mask.sum(1)):  # chunked prefill, decode after the block
+        model(ids[:, :9], attention_mask=mask[:, :9], past_key_values=cache)
+        model(ids[:, 9:], attention_mask=mask, past_key_values=cache)
+    assert torch.allclose(decode(cache), want, atol=1e-5)
+    made = model(ids, attention_mask=mask, use_cache=True).past_key_values
+    assert torch.allclose(decode(made), want, atol=1e-5)  # a cache the model made itself
+    with pytest.raises(RuntimeError, match="whose prefill SWAA did not see"):
+        with swaa_disabled(model):
+            model(ids, attention_mask=mask, past_key_values=(fa_cache := DynamicCache()))
+        decode(fa_cache)
+    with pytest.raises(ValueError, match=r"prompt_lengths: got \[1\] lengths for a batch of 2 sequences"):
+        with prompt_lengths(model, [20]):
+            model(ids, attention_mask=mask)
+
+
+def test_sliding_cache_with_right_padding_equals_full_cache():
+    """The sink + window cache keeps each row's last W-1 real keys wherever its padding is."""
+    ids, mask = batch((10, 6), seed=3)
+    ids[1], mask[1] = ids[1].roll(-4), mask[1].roll(-4)  # row 1 padded on the right
+    logits = []
+    for sliding in (False, True):
+        model = apply_swaa(tiny_model("llama"), SWAAConfig(window=4, sink=1), backend="reference",
+                           sliding_cache=sliding)
+        cache = DynamicCache()
+        step = model(ids, attention_mask=mask, past_key_values=cache).logits[:, -1:].argmax(-1)
+        for _ in range(3):
+            mask = torch.cat([mask, torch.ones_like(step)], 1)
+            out = model(step, attention_mask=mask, past_key_values=cache).logits
+            logits.append(out)
+            step = out.argmax(-1)
+        mask = mask[:, :-3]
+    assert torch.allclose(torch.cat(logits[:3], 1), torch.cat(logits[3:], 1), atol=1e-5)
+
+
+def test_model_with_its_own_sliding_window_generates_swaa():
+    """A config with a native sliding window (Mistral) gets SWAA's cache layers, not ones that drop keys."""
+    from transformers import MistralConfig, MistralForCausalLM
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=8)).eval()
+    apply_swaa(model, SWAAConfig(window=4, sink=1, fa_decode=True), backend="reference")
+    ids, mask = batch((20, 13))
+    seq, step_logits = greedy(model, ids, mask, new=4)
+    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1]:])], 1)
+    labels = torch.full_like(seq, -100)
+    labels[:, ids.shape[1]:] = seq[:, ids.shape[1]:]
+    forced = model(seq, attention_mask=full_mask, labels=labels).logits[:, ids.shape[1] - 1:-1]
+    assert torch.allclose(forced, step_logits, atol=1e-4)
+
+
 def test_generate_installs_sliding_cache_only_where_safe():
     model = apply_swaa(tiny_model("llama"), SWAAConfig(window=4, sink=1, fa_decode=[0], full_layers=[1]),
                        backend="reference")
