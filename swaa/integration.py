@@ -1,7 +1,8 @@
 """apply_swaa / remove_swaa: SWAA through transformers' AttentionInterface, plus per-sequence prompt bookkeeping.
 
 A forward pre-hook on the model records, once per forward, the real-token position of every query and cached key
-and each sequence's prompt length P; the registered attention functions read them (no model method is replaced).
+and each sequence's prompt length P; the registered attention functions read them (no model method is replaced). A
+forward hook keeps P with the cache a prefill filled, for the decode steps that continue it.
 """
 
 from __future__ import annotations
