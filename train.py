@@ -112,10 +112,14 @@ class SWAACLI(LightningCLI):
         if self._get(self.config, "ckpt_path") is None and found:
             raise SystemExit(f"train.py: a run already exists at {found[0].parent} ({found[0].name}): resume it with "
                              f"--ckpt_path last, or move that folder away to start fresh")
-        check_model_and_data(self.datamodule, self.model.hparams.model)
+        self.before_validate()
 
     def before_validate(self) -> None:
-        """validate, test and predict check the model, tokenizer and sample lengths as fit does."""
+        """validate, test and predict check the model, tokenizer and sample lengths as fit does; every subcommand notes
+        the log folder's files first, so that a failed start removes only what it added (DropFailedStart)."""
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, DropFailedStart):
+                callback.note_existing_logs(self.trainer)
         check_model_and_data(self.datamodule, self.model.hparams.model)
 
     before_test = before_predict = before_validate

@@ -91,6 +91,21 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_log_folder(tmp_path, m
     assert not (tmp_path / "runs" / "smoke").exists()
 
 
+def test_a_failed_start_in_an_existing_log_folder_removes_only_its_own_files(tmp_path, monkeypatch):
+    """A fixed logger version (e.g. a resumed run's) names an earlier run's folder: its logs stay."""
+    monkeypatch.chdir(tmp_path)
+    version = tmp_path / "runs" / "smoke" / "version_0"
+    (version / "sub").mkdir(parents=True)
+    earlier = {version / "events.out.tfevents.1.host.1.0", version / "sub" / "x"}
+    for path in earlier:
+        path.write_text("earlier run")
+    with pytest.raises(FileNotFoundError, match="nonexistent.ckpt not found"):
+        cli_main(["fit", "--config", SMOKE, "--trainer.logger.init_args.version", "0",
+                  "--model.init_weights", str(tmp_path / "nonexistent.ckpt")])
+    assert set(version.rglob("*")) == earlier | {version / "sub"}  # this run's config.yaml and event file removed
+    assert all(p.read_text() == "earlier run" for p in earlier)
+
+
 def damaged_checkpoint(tmp: Path, kind: str) -> Path:
     """A --ckpt_path file that cannot be resumed from: random bytes, a torch.save file cut in half, empty, missing."""
     path = tmp / f"{kind}.ckpt"
