@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+log = logging.getLogger(__name__)
 Decay = Literal["cosine", "linear", "constant"]
 
 
@@ -45,6 +47,21 @@ class WarmupDecay(LRScheduler):
             raise ValueError(f"WarmupDecay.decay={decay!r}: expected cosine, linear or constant")
         self.warmup_steps, self.max_steps, self.decay = warmup_steps, max_steps, decay
         super().__init__(optimizer, last_epoch)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume at the saved step with this run's warmup_steps, max_steps and decay (a resume with a larger
+        trainer.max_steps decays to 0 at the new end, not at the saved one and then at lr 0); the optimizer's lr is
+        set for the next step."""
+        settings = {"warmup_steps": self.warmup_steps, "max_steps": self.max_steps, "decay": self.decay}
+        super().load_state_dict(state_dict)
+        changed = {k: (getattr(self, k), v) for k, v in settings.items() if getattr(self, k) != v}
+        if changed:
+            log.info("WarmupDecay: resuming at step %d with %s", self.last_epoch,
+                     ", ".join(f"{k}={new} (the checkpoint's: {old})" for k, (old, new) in changed.items()))
+        self.__dict__.update(settings)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
         factor = lr_factor(self.last_epoch, self.warmup_steps, self.max_steps, self.decay)
