@@ -6,13 +6,18 @@ The model is built in `configure_model` on the trainer's device, in the dtype of
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
 from transformers import PreTrainedModel
@@ -26,6 +31,25 @@ from swaa.lora import LoRASettings, add_lora, swapped_weights
 from swaa.loss import answer_logits, answer_loss, supervised_columns
 from swaa.models import base_model, load_model
 from swaa.optim import AdamW, WarmupDecay
+
+log = logging.getLogger(__name__)
+RNG_KEY = "rng_states"
+"""Checkpoint entry: every rank's random generator states (rng_states()), in rank order."""
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's torch (CPU, CUDA), numpy and Python generator states, numpy's key as a tensor so that the
+    checkpoint loads with weights_only=True."""
+    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+    kind, key, *rest = states["numpy"]
+    states["numpy"] = (kind, torch.from_numpy(key.astype(np.int64)), *rest)
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore the generator states rng_states() returned."""
+    kind, key, *rest = states["numpy"]
+    _set_rng_states({**states, "numpy": (kind, key.numpy().astype(np.uint32), *rest)})
 
 
 def build_model(spec: str | None, swaa: SWAAConfig, backend: str, lora: LoRASettings, device: torch.device | str,
@@ -92,6 +116,7 @@ class SWAAFineTuner(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only trainable weights; on_load_checkpoint checks the key set
         self._batch_start: float | None = None
         self._start_adapters: dict[str, torch.Tensor] | None = None  # the distillation teacher's adapter weights
+        self._resumed_rng: dict[str, Any] | None = None  # set before the first step of a resumed fit
 
     # -- model --------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -160,6 +185,9 @@ class SWAAFineTuner(L.LightningModule):
                            f"(epoch {self.trainer.current_epoch})")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resumed_rng is not None:  # here, after the data loaders' iterators are made (they draw a seed)
+            set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -196,6 +224,13 @@ class SWAAFineTuner(L.LightningModule):
         if self.trainer.is_global_zero or checkpoint["state_dict"]:  # FSDP gathers the weights on rank 0 only
             check_keys(set(checkpoint["state_dict"]), keys, "being saved")
         checkpoint[FINGERPRINT_KEY] = self.fingerprint
+        states = rng_states()  # every rank calls this hook: collect each rank's generators (dropout) for rank 0 to save
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states)
+            checkpoint[RNG_KEY] = gathered
+        else:
+            checkpoint[RNG_KEY] = [states]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         path = self._trainer.ckpt_path if self._trainer is not None else None
@@ -205,3 +240,11 @@ class SWAAFineTuner(L.LightningModule):
         # FSDP loads the weights itself and passes the rest: read the (small, trainable-only) weights' names again
         state = checkpoint["state_dict"] if "state_dict" in checkpoint else read_checkpoint(path)["state_dict"]
         check_keys(set(state), trainable_names(self), path)
+        if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
+            return
+        saved = checkpoint.get(RNG_KEY, [])
+        if len(saved) == self._trainer.world_size:
+            self._resumed_rng = saved[self._trainer.global_rank]
+        elif self._trainer.is_global_zero:
+            log.warning("%s holds the random generator states of %d rank(s), this run has %d: dropout after the "
+                        "resume differs from an uninterrupted run's", path, len(saved), self._trainer.world_size)

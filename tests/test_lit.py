@@ -69,6 +69,23 @@ def test_default_optimizer_and_schedule_warm_up_then_decay_to_zero_at_the_traine
     assert recorder.lrs[1] == pytest.approx(2e-4) and recorder.lrs[3] == pytest.approx(5e-5)  # cos(2 pi / 3)
 
 
+def test_resume_with_a_larger_max_steps_decays_to_zero_at_the_new_end(tmp_path):
+    """The schedule's max_steps (None: the trainer's) is this run's, not the checkpoint's: the added steps do not
+    train at lr 0."""
+    def fit(max_steps, ckpt_path=None):
+        module, recorder = SWAAFineTuner(model=TINY, swaa={"window": 8}, lora=LoRASettings(rank=4),
+                                         lr_scheduler=partial(WarmupDecay, warmup_steps=1)), LRRecorder()
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        make_trainer(tmp_path, max_steps, callbacks=[recorder, checkpoint], enable_checkpointing=True).fit(
+            module, random_batches(), ckpt_path=ckpt_path)
+        return recorder.lrs, module.trainer.lr_scheduler_configs[0].scheduler
+    first, _ = fit(2)
+    second, scheduler = fit(4, ckpt_path="last")
+    assert first + second == pytest.approx([2e-4 * lr_factor(s, 1, 2, "cosine") for s in range(2)]
+                                           + [2e-4 * lr_factor(s, 1, 4, "cosine") for s in (2, 3)])
+    assert scheduler.max_steps == 4 and second[0] > 0
+
+
 def test_lora_trains_adapters_only_and_base_is_unchanged(tmp_path):
     module = SWAAFineTuner(model=TINY, swaa={"window": 8, "sink": 2, "fa_decode": True},
                            lora=LoRASettings(rank=4, target_modules="all-linear"), optimizer=partial(AdamW, lr=1e-2))
@@ -168,22 +185,23 @@ class LossRecorder(L.Callback):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    """One synthetic DataModule (SmolLM2 tokenizer) reused by every fit: 6 samples, 3 batches per epoch."""
-    return SyntheticDataModule(tasks=["passkey"], lengths=[128], n_train=6, n_val=0, batch_size=2, seed=1,
+    """One synthetic DataModule (SmolLM2 tokenizer) reused by every fit: 6 samples, 3 batches per epoch; 2 validation
+    samples (unused unless a fit sets limit_val_batches)."""
+    return SyntheticDataModule(tasks=["passkey"], lengths=[128], n_train=6, n_val=2, batch_size=2, seed=1,
                                cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 
-def _fit(root, data, max_steps, ckpt_path=None, every=None):
+def _fit(root, data, max_steps, ckpt_path=None, every=None, dropout=0.0, **trainer_args):
     L.seed_everything(0)
     module = SWAAFineTuner(model="tiny:qwen3:2:49152", swaa={"window": 32, "sink": 4, "fa_decode": True},
-                           lora=LoRASettings(rank=4), optimizer=partial(AdamW, lr=5e-3),
+                           lora=LoRASettings(rank=4, dropout=dropout), optimizer=partial(AdamW, lr=5e-3),
                            lr_scheduler=partial(WarmupDecay, warmup_steps=1, max_steps=4))
     recorder = LossRecorder()
     callbacks = [recorder]
     if every:
         callbacks.append(L.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_train_steps=every))
     make_trainer(root, max_steps, callbacks=callbacks, enable_checkpointing=bool(every),
-                 use_distributed_sampler=False).fit(module, datamodule=data, ckpt_path=ckpt_path)
+                 use_distributed_sampler=False, **trainer_args).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return recorder.losses, {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
 
 
@@ -195,6 +213,19 @@ def test_exact_resume_mid_epoch_across_epoch_boundary(tmp_path, synthetic):
     assert first + second == pytest.approx(straight, rel=1e-5)
     assert len(set(straight)) == 4 and all(math.isfinite(x) for x in straight)
     assert params.keys() == resumed.keys()
+    for name in params:
+        torch.testing.assert_close(resumed[name], params[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_exact_resume_with_lora_dropout_restores_the_random_generators(tmp_path, synthetic):
+    """The resumed process seeds its generators anew (seed_everything); the checkpoint's states replace them before
+    the first resumed step, so the dropout masks are those of an uninterrupted run; the validation after the saved
+    step leaves the generators as they were (its loader draws worker seeds from a generator of its own)."""
+    validation = {"dropout": 0.5, "val_check_interval": 2, "limit_val_batches": 1}
+    straight, params = _fit(tmp_path / "a", synthetic, 3, **validation)
+    first, _ = _fit(tmp_path / "b", synthetic, 2, every=2, **validation)
+    second, resumed = _fit(tmp_path / "b", synthetic, 3, ckpt_path="last", every=2, **validation)
+    assert first + second == pytest.approx(straight, rel=1e-5)
     for name in params:
         torch.testing.assert_close(resumed[name], params[name], rtol=1e-5, atol=1e-6, msg=name)
 

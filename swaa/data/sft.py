@@ -14,10 +14,11 @@ from pathlib import Path
 import datasets
 import lightning as L
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from swaa.data.chat import IGNORE_INDEX, PadCollator, encode_chat, normalize_record
-from swaa.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
+from swaa.data.sampler import LengthGroupedBatchSampler, RestartingDataLoader, ResumableDataLoader
 from swaa.models import load_tokenizer
 from swaa.preemption import worker_ignores_stop_signals
 
@@ -161,20 +162,23 @@ class ChatDataModule(L.LightningDataModule):
         model's context)."""
         return {}
 
-    def _loader(self, data: datasets.Dataset, shuffle: bool) -> ResumableDataLoader:
-        """Split over the trainer's ranks (one rank without a trainer); right padding."""
+    def _loader(self, data: datasets.Dataset, train: bool) -> ResumableDataLoader | RestartingDataLoader:
+        """Split over the trainer's ranks (one rank without a trainer); right padding. Training: shuffled, resumable
+        mid-epoch; validation: in order, every pass from the first batch. Worker seeds come from a generator of the
+        loader's own, so that making an iterator leaves torch's global generator (dropout's) as it was."""
         replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         sampler = LengthGroupedBatchSampler(np.asarray(data["length"]), self.batch_size, seed=self.seed,
-                                            shuffle=shuffle, num_replicas=replicas, rank=rank)
-        return ResumableDataLoader(data.select_columns(["input_ids", "labels"]), batch_sampler=sampler,
-                                   collate_fn=PadCollator(self.tokenizer.pad_token_id), num_workers=self.num_workers,
-                                   worker_init_fn=worker_ignores_stop_signals)
+                                            shuffle=train, num_replicas=replicas, rank=rank)
+        loader = ResumableDataLoader if train else RestartingDataLoader
+        return loader(data.select_columns(["input_ids", "labels"]), batch_sampler=sampler,
+                      collate_fn=PadCollator(self.tokenizer.pad_token_id), num_workers=self.num_workers,
+                      worker_init_fn=worker_ignores_stop_signals, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self.train_data, shuffle=True)
+        return self._loader(self.train_data, train=True)
 
-    def val_dataloader(self) -> ResumableDataLoader | list:
-        return self._loader(self.val_data, shuffle=False) if self.val_data is not None else []
+    def val_dataloader(self) -> RestartingDataLoader | list:
+        return self._loader(self.val_data, train=False) if self.val_data is not None else []
 
 
 class SFTDataModule(ChatDataModule):
