@@ -73,6 +73,18 @@ def test_errors():
         LengthGroupedBatchSampler(LENGTHS[:10], 2).load_state_dict(LengthGroupedBatchSampler(LENGTHS, 2).state_dict())
 
 
+@pytest.mark.parametrize("field, saved, new", [("batch_size", 2, 4), ("seed", 0, 1), ("shuffle", True, False),
+                                               ("drop_last", False, True), ("num_replicas", 1, 2)])
+def test_resume_with_other_order_settings_is_an_error_naming_the_field(field, saved, new):
+    """Each of these changes which samples the remaining batches hold: the resumed run would skip or repeat some."""
+    state = LengthGroupedBatchSampler(LENGTHS, **{"batch_size": 2, field: saved}).state_dict()
+    with pytest.raises(ValueError, match=f"the checkpoint has {field}={saved}, this run has {field}={new};"):
+        LengthGroupedBatchSampler(LENGTHS, **{"batch_size": 2, field: new}).load_state_dict(state)
+    old = {k: state[k] for k in ("epoch", "batches_yielded", "num_samples", "num_replicas")}  # an older checkpoint
+    if field != "num_replicas":
+        LengthGroupedBatchSampler(LENGTHS, **{"batch_size": 2, field: new}).load_state_dict(old)
+
+
 @pytest.mark.parametrize("num_replicas", [1, 2])
 @pytest.mark.parametrize("k", [0, 1, 5, 6, 7, 11])
 def test_resume_yields_exactly_the_remaining_batches(num_replicas, k):

@@ -81,6 +81,17 @@ def test_loader_batches(smollm2_tokenizer, tmp_path, files):
         assert ((b["labels"] != IGNORE_INDEX).sum(1) > 0).all()
 
 
+def test_every_validation_pass_starts_at_the_first_batch(smollm2_tokenizer, tmp_path, files):
+    """A pass cut short (the sanity check, limit_val_batches) does not move the next pass on."""
+    dm = module(smollm2_tokenizer, tmp_path, files, batch_size=2, val_fraction=0.25)
+    dm.setup()
+    loader = dm.val_dataloader()
+    first = next(iter(loader))["input_ids"]  # a pass of one batch
+    full = [b["input_ids"] for b in loader]
+    assert len(full) == 3 and full[0].equal(first)
+    assert [b["input_ids"] for b in loader][0].equal(first)  # and after a full pass
+
+
 def test_cache_is_reused_and_keyed_by_content(smollm2_tokenizer, tmp_path, monkeypatch):
     path = tmp_path / "a.jsonl"
     write_jsonl(path, RECORDS[:4])

@@ -70,6 +70,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             steps = [steps[i] for i in torch.randperm(len(steps), generator=gen)]
         return [s.view(replicas, -1)[self.rank].tolist() for s in steps]
 
+    def restart(self) -> None:
+        """Start over from the first batch of epoch 0."""
+        self.epoch, self.batches_yielded = 0, 0
+
     def begin(self) -> dict[str, int]:
         """Move on to the next epoch if the current one is finished; returns the position iteration starts from."""
         if self.batches_yielded >= len(self):
@@ -86,15 +90,30 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
+        """The position, and the settings that fix the batches' order (a resume must have the same)."""
         return {"epoch": self.epoch, "batches_yielded": self.batches_yielded, "num_samples": len(self.lengths),
-                "num_replicas": self.num_replicas}
+                "num_replicas": self.num_replicas, "batch_size": self.batch_size, "seed": self.seed,
+                "shuffle": self.shuffle, "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("num_samples", "num_replicas"):
-            if state[key] != self.state_dict()[key]:
-                raise ValueError(f"cannot resume the batch sampler: checkpoint has {key}={state[key]}, this run has "
-                                 f"{self.state_dict()[key]}; the data or the number of devices changed")
+        """Continue from `state`'s position; its settings must be this sampler's (checkpoints written before
+        batch_size, seed, shuffle and drop_last were saved are checked for the number of samples and devices only)."""
+        mine = self.state_dict()
+        for key in ("num_samples", "num_replicas", "batch_size", "seed", "shuffle", "drop_last"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"cannot resume the batch sampler: the checkpoint has {key}={state[key]}, this run "
+                                 f"has {key}={mine[key]}; resume with the same data, batch size, seed, shuffle, "
+                                 f"drop_last and number of devices, or the run would skip or repeat samples")
         self.epoch, self.batches_yielded = state["epoch"], state["batches_yielded"]
+
+
+class RestartingDataLoader(DataLoader):
+    """DataLoader over a LengthGroupedBatchSampler that starts every pass at the first batch of epoch 0: each
+    validation (and the sanity check) sees the same batches; nothing is checkpointed."""
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batch_sampler.restart()
+        return super().__iter__()
 
 
 class ResumableDataLoader(DataLoader):
