@@ -65,15 +65,19 @@ class SaveOnSigterm(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step != self._steps_seen:  # an optimizer step ended (not a gradient-accumulation batch)
-            self._stop_if_signalled(trainer)
+            self._stop_if_signalled(trainer, "on_train_batch_end", *args)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._stop_if_signalled(trainer)
+            self._stop_if_signalled(trainer, "on_validation_end", pl_module)
 
-    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+    def _stop_if_signalled(self, trainer: L.Trainer, hook: str, *args: Any) -> None:
+        """If signalled: first the checkpoint callbacks' `hook` (Lightning runs them after this callback), so a
+        checkpoint due at this step (e.g. every_n_train_steps) is written, then last.ckpt; then stop."""
         if not trainer.strategy.reduce_boolean_decision(self._received, all=False):
             return
+        for callback in trainer.checkpoint_callbacks:
+            getattr(callback, hook)(trainer, *args)
         checkpoint = trainer.checkpoint_callback
         path = checkpoint.last_model_path or checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
         checkpoint.last_model_path = path  # part of the saved state: the resumed run keeps writing this file

@@ -12,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from preemption_hooks import read_samples, recorded_steps, trainable_state
+
+from swaa.preemption import SaveOnSigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8  # 4 batches per epoch on one process, 2 on two: resumes cross epoch boundaries
@@ -152,3 +156,36 @@ def test_signal_to_the_process_group_with_dataloader_workers(name, tmp_path):
         assert trainable_state(tmp_path / LAST)[0] == 3
     else:
         assert "interrupted at step 2; last checkpoint" in output and "--ckpt_path last" in output
+
+
+class _SigtermAtStep(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Line(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_sigterm_during_a_step_with_a_scheduled_checkpoint_writes_it_too(tmp_path):
+    """ModelCheckpoint runs after SaveOnSigterm at the end of a step: the step's own file is still written."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2, save_top_k=-1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[SaveOnSigterm(), _SigtermAtStep(4), checkpoint])
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(_Line(), torch.utils.data.DataLoader(torch.ones(16, 1)))
+    assert exit_info.value.code == SIGTERM_STATUS and trainer.global_step == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
+    assert trainable_state(tmp_path / "last.ckpt")[0] == 4
