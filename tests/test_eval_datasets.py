@@ -110,3 +110,27 @@ def test_unreadable_and_unsupported_files(tmp_path):
     fake.write_text("not parquet")
     with pytest.raises(ValueError, match="fake.parquet: cannot read it as parquet"):
         load_eval_file(fake)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_numbers_keep_their_exact_text_in_files_with_missing_values(tmp_path, suffix):
+    """An int answer of a row beside rows without that field reads '42', never '42.0' (pandas' float column), so a
+    correct prediction '42' scores 1; a float stays as written."""
+    rows = [{"prompt": "6*7?", "answer": 42, "id": 7}, {"prompt": "colour?", "answers": ["red"]},
+            {"prompt": "half?", "answer": 0.5}]
+    path = tmp_path / f"mixed{suffix}"
+    if suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(path)  # answer and id become float columns with NaN
+    else:
+        write(path, rows)
+    samples = load_eval_file(path)
+    assert [s.answers for s in samples] == [["42"], ["red"], ["0.5"]]
+    assert [s.id for s in samples] == ["7", "mixed-1", "mixed-2"]
+    assert score(samples[0].scorer, "42", samples[0].answers, samples[0].choices) == 1.0
+
+
+def test_a_row_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "p", "answer": "a"}\n["p", "a"]\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl, row 1: expected a JSON object, got \['p', 'a'\]"):
+        load_eval_file(path)

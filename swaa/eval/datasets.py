@@ -2,43 +2,68 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from swaa.tasks.generators import Sample
 from swaa.tasks.scorers import choice_index
 
 log = logging.getLogger(__name__)
 
-READERS = {
-    ".parquet": pd.read_parquet,
-    ".jsonl": lambda path: pd.read_json(path, lines=True, dtype=False),
-    ".json": lambda path: pd.read_json(path, orient="records", dtype=False),
-}
+
+def _json_rows(path: Path) -> list:
+    """The rows of a .json file (a list) or a .jsonl file (one per non-blank line), values exactly as written."""
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError(f"expected a list of row objects, got a {type(rows).__name__}")
+    return rows
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _parquet_rows(path: Path) -> list:
+    """The rows of a parquet file; an integral value of a float column (an int column with missing values, as
+    pandas writes it) reads as an int, so 42 stays '42', not '42.0'."""
+    table = pq.read_table(path)
+    floats = {f.name for f in table.schema if pa.types.is_floating(f.type)}
+    return [{k: int(v) if k in floats and v is not None and float(v).is_integer() else v for k, v in row.items()}
+            for row in table.to_pylist()]
+
+
+READERS = {".parquet": _parquet_rows, ".jsonl": _json_rows, ".json": _json_rows}
+
+
+def _read(path: Path) -> tuple[list[dict], list[str]]:
+    """(rows, fields) of an eval file: every row holds every field of the file, None where the row lacks it."""
     if path.suffix not in READERS:
         raise ValueError(f"eval file {path}: unsupported format {path.suffix!r}; use one of {', '.join(READERS)}")
     if not path.is_file():
         raise FileNotFoundError(f"eval file {path} does not exist or is not a file")
     try:
-        return READERS[path.suffix](path)
-    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        rows = READERS[path.suffix](path)
+    except Exception as e:  # json/pyarrow raise many types for malformed files
         raise ValueError(f"eval file {path}: cannot read it as {path.suffix[1:]} ({type(e).__name__}: {e})") from e
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise ValueError(f"eval file {path}, row {bad}: expected a JSON object, got {rows[bad]!r}")
+    fields = list(dict.fromkeys(f for row in rows for f in row))
+    return [{f: row.get(f) for f in fields} for row in rows], fields
 
 
 def _missing(value: object) -> bool:
-    return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _strings(value: object, path: Path, row: int, field: str) -> list[str]:
     """A string or a list of strings (numbers accepted) as a non-empty list of strings."""
-    items = list(value) if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str) else [value]
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     if not items or any(_missing(v) or isinstance(v, (dict, list)) or str(v).strip() == "" for v in items):
         raise ValueError(f"eval file {path}, row {row}: field {field!r} must be a non-empty string or list of "
                          f"strings, got {value!r}")
@@ -88,8 +113,9 @@ def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
     path = Path(path)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    frame = _read(path)
-    fields = list(frame.columns)
+    rows, fields = _read(path)
+    if not rows:
+        raise ValueError(f"eval file {path}: no rows")
     missing = []
     if "prompt" not in fields and not {"context", "question"} <= set(fields):
         missing.append("'prompt' (or 'context' and 'question')")
@@ -97,10 +123,7 @@ def load_eval_file(path: str | Path, limit: int | None = None) -> list[Sample]:
         missing.append("'answer' (or 'answers')")
     if missing:
         raise ValueError(f"eval file {path}: missing field(s) {', '.join(missing)}; the file has fields {fields}")
-    if frame.empty:
-        raise ValueError(f"eval file {path}: no rows")
-    records = frame.iloc[:limit].to_dict("records")
-    samples = [_sample(record, row, path) for row, record in enumerate(records)]
+    samples = [_sample(record, row, path) for row, record in enumerate(rows[:limit])]
     log.info("loaded %d samples from %s", len(samples), path)
     return samples
 
