@@ -94,6 +94,11 @@ def load_tokenizer(path: str | Path | None = None, where: str = "model") -> PreT
     return tok
 
 
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """The dtype models load in by default ('auto'): bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def load_model(
     path: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu",
     where: str = "model"
@@ -101,7 +106,7 @@ def load_model(
     """Causal LM from `path` (default: SmolLM2; or a tiny spec); dtype 'auto' is bfloat16 on CUDA, float32 elsewhere.
     Errors about `path` name `where`."""
     if dtype == "auto":
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     if is_tiny_spec(path):
         return build_tiny_model(str(path), where=where).to(device=device, dtype=dtype)
     name, kwargs = _from_pretrained_args(path, where)

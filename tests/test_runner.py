@@ -1,5 +1,6 @@
 """run_grid end to end with a tiny model: records, resume, no stale reuse; bad input fails before model loading."""
 
+import copy
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from swaa.eval import runner
 from swaa.eval.grid import GridSettings
 from swaa.eval.report import markdown_table, summary_table
 from swaa.eval.runner import LoadedModel, run_grid
+from swaa.eval.speed import speed_setup
 
 CONFIGS = {"fa": SWAAConfig(), "swa": SWAAConfig(window=32, sink=2, fa_decode=True)}
 
@@ -74,6 +76,27 @@ def test_speed_is_measured_and_requested_later(model, smollm2_tokenizer, tmp_pat
     timed = _run(model, smollm2_tokenizer, tmp_path, configs=configs, speed=True)
     assert timed[0]["key_hash"] == first[0]["key_hash"] and timed[0]["speed"]["decode"] == "generate"
     assert timed[0]["speed"]["prefill_ms"] >= 0 and timed[0]["speed"]["decode_ms_per_token"] >= 0
+
+
+def test_speed_of_another_decode_mode_or_dtype_is_measured_again(model, smollm2_tokenizer, tmp_path, monkeypatch):
+    """A timing is reused only under the decode mode, device and dtype it was measured under."""
+    def fake_speed(model, tokenizer, length, decode):  # the stored fields of measure_speed, without the timing
+        return {"prefill_ms": 1.0, "decode_ms_per_token": 1.0, **speed_setup(decode, model.device, model.dtype)}
+    monkeypatch.setattr(runner, "measure_speed", fake_speed)
+    configs = {"fa": SWAAConfig()}
+    generate = _run(model, smollm2_tokenizer, tmp_path, configs=configs, speed=True)
+    assert {k: generate[0]["speed"][k] for k in ("decode", "device", "dtype")} == {
+        "decode": "generate", "device": "cpu", "dtype": "float32"}
+    static = _run(model, smollm2_tokenizer, tmp_path, configs=configs, speed=True, decode="static")
+    assert static[0]["key_hash"] == generate[0]["key_hash"] and static[0]["speed"]["decode"] == "static"
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished cell was generated again")
+    monkeypatch.setattr(runner, "generate_answers", no_generation)
+    assert _run(model, smollm2_tokenizer, tmp_path, configs=configs, speed=True, decode="static") == static
+    with pytest.raises(AssertionError, match="generated again"):
+        _run(copy.deepcopy(model).to(torch.bfloat16), smollm2_tokenizer, tmp_path, configs=configs, speed=True,
+             decode="static")
 
 
 def test_data_file_cells(model, smollm2_tokenizer, tmp_path):

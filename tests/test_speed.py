@@ -21,7 +21,8 @@ def test_generate_token_ms_stamps_every_token_in_order(model):
 @pytest.mark.parametrize("decode", ["generate", "static"])
 def test_measure_speed(model, decode):
     speed = measure_speed(model, None, length=64, new_tokens=4, repeats=2, decode=decode)
-    assert set(speed) == {"prefill_ms", "decode_ms_per_token", "decode"} and speed["decode"] == decode
+    assert set(speed) == {"prefill_ms", "decode_ms_per_token", "decode", "device", "dtype"}
+    assert (speed["decode"], speed["device"], speed["dtype"]) == (decode, "cpu", "float32")  # what it depends on
     assert speed["prefill_ms"] >= 0 and speed["decode_ms_per_token"] >= 0  # never a difference of two runs
 
 

@@ -20,9 +20,9 @@ from swaa.checkpoints import load_adapter
 from swaa.eval.datasets import load_eval_file
 from swaa.eval.grid import JUDGE, GridSettings
 from swaa.eval.results import ResultStore, make_key, path_identity, text_identity
-from swaa.eval.speed import measure_speed
+from swaa.eval.speed import measure_speed, speed_setup
 from swaa.generation import chat_token_ids, generate_answers
-from swaa.models import base_model, default_model_path, load_config, load_model, load_tokenizer
+from swaa.models import base_model, default_dtype, default_model_path, load_config, load_model, load_tokenizer
 from swaa.tasks.generators import Sample, make_samples, train_answer
 from swaa.tasks.scorers import JudgeScorer, score
 from swaa.tiny import is_tiny_spec
@@ -73,6 +73,7 @@ class Plan:
     store: ResultStore
     common_key: dict[str, Any]
     scorer: str | None  # overrides each sample's scorer; 'judge:<model>:<identity>' with a judge model
+    speed_setup: dict[str, str]  # what a stored timing must have been measured under to be reused (speed_setup)
 
     def key(self, config: SWAAConfig, cell: Cell) -> dict[str, Any]:
         scorer = self.scorer or ",".join(sorted({s.scorer for s in cell.samples}))
@@ -80,10 +81,12 @@ class Plan:
                         length=cell.length, n=len(cell.samples), scorer=scorer)
 
     def unfinished(self, speed: bool) -> dict[str, list[Cell]]:
-        """Per config name, the cells without a stored record (or, with `speed`, without a timed one)."""
+        """Per config name, the cells without a stored record (or, with `speed`, without one timed under this
+        `speed_setup`: an older timing without some of its fields is timed again)."""
         def finished(config: SWAAConfig, cell: Cell) -> bool:
             record = self.store.get(self.key(config, cell))
-            return record is not None and (not speed or record["speed"] is not None)
+            return record is not None and (not speed or record["speed"] is not None and all(
+                record["speed"].get(name) == value for name, value in self.speed_setup.items()))
         return {name: [c for c in self.cells if not finished(config, c)] for name, config in self.configs.items()}
 
     def records(self) -> list[dict[str, Any]]:
@@ -162,8 +165,10 @@ def plan_grid(configs: dict[str, SWAAConfig], settings: GridSettings, model_path
                   "adapter_id": path_identity(adapter), "seed": settings.seed,
                   "max_new_tokens": settings.max_new_tokens, "prompt_template": text_identity(tokenizer.chat_template),
                   "data_id": path_identity(settings.data_file), "backend": settings.backend}
+    model_setup = (settings.device, default_dtype(settings.device)) if loaded is None else \
+        (loaded.model.device, loaded.model.dtype)
     return Plan(configs, cells, prompt_tokens, tokenizer, ResultStore(settings.out_dir), common_key,
-                judge_scorer or settings.scorer)
+                judge_scorer or settings.scorer, speed_setup(settings.decode, *model_setup))
 
 
 def _load_model(model_path: str | Path | None, adapter: str | Path | None, device: str) -> PreTrainedModel | PeftModel:

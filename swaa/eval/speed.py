@@ -72,6 +72,14 @@ def _static_speed(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: i
     return prefill, decode
 
 
+def speed_setup(decode: str, device: torch.device | str, dtype: torch.dtype) -> dict[str, str]:
+    """The settings a timing depends on besides the prompt, as stored beside it: decode mode, device (the GPU's name on
+    CUDA) and dtype."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"decode": decode, "device": name, "dtype": str(dtype).removeprefix("torch.")}
+
+
 @torch.inference_mode()
 def measure_speed(
     model: PreTrainedModel,
@@ -82,7 +90,8 @@ def measure_speed(
     seed: int = 0,
     decode: str = "generate",
 ) -> dict[str, float | str]:
-    """Batch-1 timing on a random `length`-token prompt, after one warm-up: median prefill ms, decode ms/token.
+    """Batch-1 timing on a random `length`-token prompt, after one warm-up: median prefill ms, decode ms/token, and
+    the `speed_setup` they were measured under.
 
     decode="generate": prefill is the time to generate's first token (SWA prefill), decode the time per token of the
     `new_tokens` after it, in the same call. decode="static": prefill is one forward, decode the StaticDecoder steps
@@ -98,4 +107,5 @@ def measure_speed(
     timed = _static_speed if decode == "static" else _generate_speed
     times = [timed(model, input_ids, new_tokens) for _ in range(1 + repeats)][1:]  # the first is a warm-up
     return {"prefill_ms": statistics.median(t[0] for t in times),
-            "decode_ms_per_token": statistics.median(t[1] for t in times), "decode": decode}
+            "decode_ms_per_token": statistics.median(t[1] for t in times),
+            **speed_setup(decode, model.device, model.dtype)}
