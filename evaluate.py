@@ -19,7 +19,7 @@ from swaa.attention import BACKENDS
 from swaa.cli import exit_input_error, given_values, int_at_least, int_values
 from swaa.config import presets_with
 from swaa.eval.grid import DEFAULT_GRID, GRID_SETTINGS, JUDGE, GridSettings, check_sample_flags, select_grid
-from swaa.eval.report import markdown_table, summary_table, write_report
+from swaa.eval.report import write_report
 from swaa.eval.results import RESULTS_FILE
 from swaa.eval.runner import run_grid
 from swaa.files import check_output_path
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             saved = f"no cell had finished; nothing was saved in {results}"
         print(f"evaluate.py: interrupted; {saved}", file=sys.stderr)
         sys.exit(130)
-    print(markdown_table(summary_table(records)))
+    print(paths["markdown"].read_text())
     print(f"results: {args.out}/results.jsonl (per-sample outputs in {args.out}/samples/)")
     for name, path in paths.items():
         print(f"{name}: {path}")

@@ -86,6 +86,25 @@ def test_a_backend_other_than_auto_is_its_own_row(tmp_path):
     assert table.loc["sink [fa4]", "mean"] == 0.0 and table.loc["sink", "mean"] == 0.5
 
 
+def test_two_fa_rows_of_a_run_compare_each_row_to_the_fa_row_of_its_backend(tmp_path, caplog):
+    """FA on two backends in one folder: each backend's rows against its own FA row; two FA rows on one backend
+    (or none on the row's): the one named 'fa', with a warning naming it."""
+    records = _records(tmp_path)
+    on = {name: [dict(r, accuracy=acc, key=dict(r["key"], backend="reference")) for r in records
+                 if r["config_name"] == name] for name, acc in (("fa", 0.5), ("sink", 0.25))}
+    table = summary_table([*records, *on["fa"], *on["sink"]]).set_index("config")
+    assert table.loc["sink [reference]", "% of FA"] == pytest.approx(50)  # 0.25 / 0.5
+    assert table.loc["sink", "% of FA"] == pytest.approx(200 / 3)  # 0.5 / 0.75
+    assert table.loc["fa [reference]", "% of FA se"] == 0 and "full-attention rows" not in caplog.text
+    full = [dict(r, config_name="full", accuracy=0.5) for r in records if r["config_name"] == "fa"]
+    table = summary_table([*full, *records, *on["sink"]]).set_index("config")
+    assert table.loc["sink", "% of FA"] == pytest.approx(200 / 3) and table.loc["full", "% of FA"] == pytest.approx(
+        100 * 0.5 / 0.75)
+    assert table.loc["sink [reference]", "% of FA"] == pytest.approx(100 * 0.25 / 0.75)
+    assert "has 2 full-attention rows ['fa', 'full'] for backend 'auto'; '% of FA' uses 'fa'" in caplog.text
+    assert "for backend 'reference'; '% of FA' uses 'fa'" in caplog.text
+
+
 def test_write_report_files(tmp_path):
     paths = write_report(_records(tmp_path), tmp_path / "report")
     assert set(paths) == {"markdown", "csv", "accuracy_plot", "speed_plot"}

@@ -51,9 +51,10 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         key, speed = r["key"], r["speed"] or {}
-        rows.append({"run": _run_label(key), "config": config_label(r), "tag": key["swaa_tag"], "task": key["task"],
-                     "length": key["length"], "cell": key["task"] if key["length"] is None else
-                     f"{key['task']}@{key['length']}", "accuracy": r["accuracy"], "stderr": r["stderr"], "n": r["n"],
+        rows.append({"run": _run_label(key), "config": config_label(r), "backend": key.get("backend", "auto"),
+                     "tag": key["swaa_tag"], "task": key["task"], "length": key["length"],
+                     "cell": key["task"] if key["length"] is None else f"{key['task']}@{key['length']}",
+                     "accuracy": r["accuracy"], "stderr": r["stderr"], "n": r["n"],
                      "n_unparsed": r["n_unparsed"], "prefill_ms": speed.get("prefill_ms", math.nan),
                      "decode_ms_per_token": speed.get("decode_ms_per_token", math.nan)})
     df = pd.DataFrame(rows)
@@ -98,21 +99,38 @@ def of_configs_with_fa(records: list[dict[str, Any]], configs: list[str] | None,
     return [r for r in records if keep(r)]
 
 
+def _fa_config(fa_backends: dict[str, str], run: str, backend: str, warned: set) -> str:
+    """The FA row (config label) of `run` that rows on `backend` compare to, from its FA rows' backends by label: the
+    one on the same backend, else the only one; among several, the one named 'fa', else the first by name, with a
+    warning (once per run and backend, `warned`) naming it."""
+    candidates = sorted(c for c, b in fa_backends.items() if b == backend) or sorted(fa_backends)
+    chosen = min(candidates, key=lambda c: (c != FA_TAG, c))
+    if len(candidates) > 1 and (run, backend) not in warned:
+        warned.add((run, backend))
+        log.warning("run %r has %d full-attention rows %s for backend %r; '%% of FA' uses %r", run, len(candidates),
+                    candidates, backend, chosen)
+    return chosen
+
+
 def summary_table(records: list[dict[str, Any]], fa_run: str | None = None, where: str = "fa_run") -> pd.DataFrame:
     """Numeric table, rows (run, config): per-cell accuracy and stderr, mean, '% of FA' (and its se), n, prefill ms
     per length.
 
     '% of FA' is the mean relative to the mean of the full-attention config (tag 'fa') over the same cells: of the
     same run, or of the run `fa_run` names (its label or adapter name; errors about it start with `where`) for every
-    row. n is the smallest cell's sample count; 'mean se' and '% of FA se' assume independent cells.
+    row; of a run with several FA rows, the one on the row's backend (see `_fa_config`). n is the smallest cell's
+    sample count; 'mean se' and '% of FA se' assume independent cells.
     """
     df = records_frame(records)
-    fa = {run: g.set_index("cell")[["accuracy", "stderr"]] for run, g in df[df["tag"] == FA_TAG].groupby("run")}
-    reference = {run: run for run in fa} if fa_run is None else \
+    fa_rows = df[df["tag"] == FA_TAG]
+    fa = {run_config: g.set_index("cell")[["accuracy", "stderr"]]
+          for run_config, g in fa_rows.groupby(["run", "config"], sort=False)}
+    fa_backends = {run: dict(zip(g["config"], g["backend"])) for run, g in fa_rows.groupby("run", sort=False)}
+    reference = {run: run for run in fa_backends} if fa_run is None else \
         dict.fromkeys(df["run"], _fa_reference_run(df, fa_run, where))
     cells = list(dict.fromkeys(df["cell"]))
     lengths = [x for x in dict.fromkeys(df["length"]) if x is not None and not pd.isna(x)]
-    table_rows = []
+    table_rows, warned = [], set()
     for (run, config), g in df.groupby(["run", "config"], sort=False):
         by_cell = g.set_index("cell")
         row: dict[str, Any] = {"run": run, "config": config, "tag": g["tag"].iloc[0]}
@@ -121,15 +139,16 @@ def summary_table(records: list[dict[str, Any]], fa_run: str | None = None, wher
             row[f"{cell} se"] = by_cell["stderr"].get(cell, math.nan)
         row["mean"] = g["accuracy"].mean()
         row["mean se"] = math.sqrt((g["stderr"] ** 2).sum()) / len(g)
-        fa_cells = fa[reference[run]].reindex(g["cell"]) if run in reference else None
+        fa_key = None if run not in reference else \
+            (reference[run], _fa_config(fa_backends[reference[run]], reference[run], g["backend"].iloc[0], warned))
+        fa_cells = fa[fa_key].reindex(g["cell"]) if fa_key is not None else None
         if fa_cells is None or fa_cells["accuracy"].isna().any() or fa_cells["accuracy"].mean() <= 0:
             row["% of FA"] = row["% of FA se"] = math.nan
         else:
             fa_mean, fa_se = fa_cells["accuracy"].mean(), math.sqrt((fa_cells["stderr"] ** 2).sum()) / len(g)
             row["% of FA"] = 100 * row["mean"] / fa_mean
-            is_reference = reference[run] == run and row["tag"] == FA_TAG  # a ratio to itself has no error
-            row["% of FA se"] = 0.0 if is_reference else \
-                100 / fa_mean * math.hypot(row["mean se"], row["mean"] * fa_se / fa_mean)
+            row["% of FA se"] = 0.0 if fa_key == (run, config) else \
+                100 / fa_mean * math.hypot(row["mean se"], row["mean"] * fa_se / fa_mean)  # a ratio to itself: 0
         row["n"] = int(g["n"].min())
         for length in lengths:
             row[f"prefill ms@{length}"] = g.loc[g["length"] == length, "prefill_ms"].median()
