@@ -38,6 +38,7 @@ def error_line(capsys, argv: list[str]) -> str:
     (["--swaa", '{"window": -1}'], r"SWAAConfig.window=-1"),
     (["--swaa", "missing_grid.yaml"], r"error: --swaa missing_grid.yaml: cannot read grid file"),
     (["--configs", "fa,bogus"], r"--configs: \['bogus'\] not in the grid; it has fa, naive_swa"),
+    (["--swaa", ""], r"error: --swaa '': empty; give a grid YAML, preset names or inline JSON, or leave --swaa out"),
 ])
 def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
     line = error_line(capsys, argv)
@@ -56,6 +57,8 @@ def test_bad_input_exits_2_before_loading(no_loading, capsys, argv, message):
     (["--device", "bogus"], "--device='bogus': expected a torch device such as cpu, cuda or cuda:1"),
     (["--tasks", "passkey,bogus"], f"--tasks bogus: unknown task; choose from {', '.join(TASKS)}"),
     (["--tasks", "nope", "passkey", "bogus"], f"--tasks nope, bogus: unknown tasks; choose from {', '.join(TASKS)}"),
+    (["--tasks", "passkey", "passkey"], "--tasks passkey: given more than once; give each value once"),
+    (["--lengths", "256,512", "256"], "--lengths 256: given more than once; give each value once"),
 ])
 def test_bad_flag_values_name_the_flag_value_and_range(no_loading, capsys, argv, message):
     """Errors name the flags the user typed (not GridSettings' n=, data_file=, scorer=, judge_model=, device=)."""
@@ -206,6 +209,16 @@ def test_backend_is_part_of_the_result_key(smollm2_tokenizer, monkeypatch, tmp_p
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--backend", "bogus"])
     assert "--backend: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_two_fa_configs_in_one_run_give_a_table(smollm2_tokenizer, monkeypatch, tmp_path, capsys, caplog):
+    """Two FA-tagged configurations of one grid: the table compares to the one named 'fa' and says so."""
+    monkeypatch.setattr(runner, "load_tokenizer", lambda path, where: smollm2_tokenizer)
+    evaluate.main(["--model", "tiny:llama:2:49152", "--swaa", '{"fa": {}, "full": {"window": null}}', "--tasks",
+                   "passkey", "--lengths", "256", "--n", "1", "--max-new-tokens", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| fa |" in out and "| full |" in out
+    assert "2 full-attention rows ['fa', 'full'] for backend 'auto'; '% of FA' uses 'fa'" in caplog.text
 
 
 @pytest.mark.slow

@@ -77,6 +77,7 @@ def test_invalid_grid_yaml_is_one_line_naming_the_file_and_position(tmp_path, te
     ("lengths: [256, 0]", "lengths [0]: expected ints >= 1"),
     ("tasks: passkey", "tasks='passkey': expected a list"),
     ("tasks: [passkey, bogus]", f"tasks bogus: unknown task; choose from {', '.join(TASKS)}"),
+    ("lengths: [256, 256]", "lengths=[256, 256]: [256] given more than once; give each value once"),
 ])
 def test_bad_grid_values_name_the_file_then_field_and_value(tmp_path, setting, message):
     """Checked when the grid is read (before GridSettings, which would not know the file), as GridSettings checks."""
@@ -149,3 +150,18 @@ def test_bad_settings_name_field_value_and_range(fields, message):
 def test_data_file_settings_need_no_tasks():
     settings = GridSettings(data_file="qa.jsonl", scorer="exact")
     assert settings.tasks is None and settings.n == 10
+
+
+def test_a_task_or_length_given_twice_is_an_error():
+    """A repeated task or length would run its cells twice and store duplicate records."""
+    with pytest.raises(ValueError, match=r"^tasks=\['passkey', 'passkey'\]: \['passkey'\] given more than once"):
+        GridSettings(tasks=["passkey", "passkey"], lengths=[256])
+    with pytest.raises(ValueError, match=r"^lengths=\[256, 512, 256\]: \[256\] given more than once"):
+        GridSettings(tasks=["passkey"], lengths=[256, 512, 256])
+
+
+@pytest.mark.parametrize("swaa", ["", "  "])
+def test_a_blank_swaa_is_an_error_not_the_default_grid(swaa):
+    with pytest.raises(ValueError, match=rf"^--swaa {swaa!r}: empty; give a grid YAML, preset names or inline JSON, "
+                                         r"or leave --swaa out for the default grid \(grid.yaml\)"):
+        select_grid(swaa)

@@ -74,7 +74,10 @@ def parse_swaa_spec(spec: str, presets_path: str | Path | None = None) -> dict[s
 def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
                 names: list[str] | None = None) -> tuple[dict[str, SWAAConfig], dict[str, Any]]:
     """(configs, grid settings) of evaluate.py's --swaa (a grid YAML, or a spec with the default grid's settings;
-    None = the default grid) and --configs (these configurations only, by name)."""
+    None = the default grid; a blank one is an error) and --configs (these configurations only, by name)."""
+    if swaa is not None and not swaa.strip():
+        raise ValueError(f"--swaa {swaa!r}: empty; give a grid YAML, preset names or inline JSON, or leave --swaa out "
+                         f"for the default grid ({DEFAULT_GRID.name})")
     grid_file = swaa if swaa and swaa.endswith((".yaml", ".yml")) else DEFAULT_GRID
     spec = bool(swaa) and grid_file == DEFAULT_GRID  # the default grid gives only its settings, from bundled presets
     configs, settings = load_grid(grid_file, None if spec else presets_path, "--swaa" if grid_file == swaa else None)
@@ -88,11 +91,20 @@ def select_grid(swaa: str | None = None, presets_path: str | Path | None = None,
     return configs, settings
 
 
+def _repeated(values: list) -> list:
+    """The values that occur more than once in `values`, each once, in order."""
+    return list(dict.fromkeys(v for i, v in enumerate(values) if v in values[:i]))
+
+
 def check_sample_flags(parser: argparse.ArgumentParser, data: str | None, tasks: list[str] | None,
                        lengths: list[int] | None, what: str) -> None:
-    """Parser errors for `--data` (a `what`, e.g. 'data file') given with --tasks or --lengths, and unknown --tasks."""
+    """Parser errors for `--data` (a `what`, e.g. 'data file') given with --tasks or --lengths, a value given twice
+    to --tasks or --lengths (its cells would run twice), and unknown --tasks."""
     if data and (tasks or lengths):
         parser.error(f"--data {data}: a {what} brings its own samples; do not also give --tasks or --lengths")
+    for flag, values in (("--tasks", tasks), ("--lengths", lengths)):
+        if repeated := _repeated(values or []):
+            parser.error(f"{flag} {', '.join(map(str, repeated))}: given more than once; give each value once")
     try:
         check_tasks(tasks or [], "--tasks")
     except ValueError as e:
@@ -110,6 +122,8 @@ def _check_setting(name: str, value: Any) -> None:
             check_tasks(value)
         elif bad := [x for x in value if not isinstance(x, int) or isinstance(x, bool) or x < 1]:
             raise ValueError(f"lengths {bad}: expected ints >= 1")
+        if repeated := _repeated(list(value)):
+            raise ValueError(f"{name}={list(value)!r}: {repeated} given more than once; give each value once")
     elif name == "seed":
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"seed={value!r}: expected an int")
