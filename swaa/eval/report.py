@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from swaa.cli import split_values
-from swaa.eval.results import load_records, of_configs, of_tasks
+from swaa.eval.results import DEFAULTED_KEY_FIELDS, load_records, of_configs, of_tasks
 from swaa.files import check_output_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         key, speed = r["key"], r["speed"] or {}
-        rows.append({"run": _run_label(key), "config": config_label(r), "backend": key.get("backend", "auto"),
-                     "tag": key["swaa_tag"], "task": key["task"], "length": key["length"],
+        backend = key.get("backend", DEFAULTED_KEY_FIELDS["backend"])
+        rows.append({"run": _run_label(key), "config": config_label(r), "backend": backend, "tag": key["swaa_tag"],
+                     "task": key["task"], "length": key["length"],
                      "cell": key["task"] if key["length"] is None else f"{key['task']}@{key['length']}",
                      "accuracy": r["accuracy"], "stderr": r["stderr"], "n": r["n"],
                      "n_unparsed": r["n_unparsed"], "prefill_ms": speed.get("prefill_ms", math.nan),
